@@ -1,0 +1,193 @@
+//! The command line (DESIGN.md): parses arguments, sets up logging and the runtime, and maps
+//! every outcome to an exit code: 0 ok, 2 bad configuration or arguments, 1 otherwise.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use tokio::net::TcpListener;
+
+use crate::emulator::{Emulator, EmulatorConfig};
+use crate::token::agora::TokenSpec;
+use crate::vendor;
+
+/// imgate: a gateway in front of IM vendor REST APIs.
+#[derive(Debug, Parser)]
+#[command(name = "imgate", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the vendor emulator alone (the demo identities without --config).
+    Emulator {
+        /// Emulator configuration file (TOML).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Address to listen on [default: the config's `listen`, else 127.0.0.1:8081].
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Print a vendor app token.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// An Agora Chat AccessToken2 app token (or user token with --user).
+    Agora(AgoraTokenArgs),
+}
+
+#[derive(Debug, Args)]
+struct AgoraTokenArgs {
+    /// App ID (32 hex characters).
+    #[arg(long)]
+    app_id: String,
+    /// App Certificate (32 hex characters).
+    #[arg(long)]
+    app_certificate: String,
+    /// Lifetime in seconds (the vendor honours at most 86400).
+    #[arg(long, default_value_t = vendor::MAX_AGORA_EXPIRE_SECS)]
+    expire: u32,
+    /// Issue time, Unix seconds [default: now].
+    #[arg(long)]
+    issued_at: Option<u32>,
+    /// Salt [default: random in 1..=99999999].
+    #[arg(long)]
+    salt: Option<u32>,
+    /// Make a user token for this user id instead of an app token.
+    #[arg(long)]
+    user: Option<String>,
+}
+
+/// Why a command failed, and so which exit code it gets.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Bad configuration or arguments: exit 2.
+    #[error("{0}")]
+    Config(String),
+    /// Anything else: exit 1.
+    #[error("{0}")]
+    Runtime(String),
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("imgate: {err}");
+            ExitCode::from(match err {
+                CliError::Config(_) => 2,
+                CliError::Runtime(_) => 1,
+            })
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Token(TokenCommand::Agora(args)) => agora_token(args),
+        Command::Emulator { config, listen } => {
+            let config = match config {
+                Some(path) => EmulatorConfig::load(&path).map_err(CliError::Config)?,
+                None => EmulatorConfig::demo(),
+            };
+            let addr = match (listen, &config.listen) {
+                (Some(addr), _) => addr,
+                (None, Some(text)) => text
+                    .parse()
+                    .map_err(|_| CliError::Config(format!("listen: not an address: {text}")))?,
+                (None, None) => SocketAddr::from(([127, 0, 0, 1], 8081)),
+            };
+            init_logging();
+            runtime()?.block_on(async move {
+                let listener = bind(addr).await?;
+                tracing::info!(addr = %addr, apps = config.apps.len(), "imgate emulator listening");
+                Emulator::new(config).run(listener, shutdown_signal()).await;
+                Ok(())
+            })
+        }
+    }
+}
+
+fn agora_token(args: AgoraTokenArgs) -> Result<(), CliError> {
+    for (name, value) in [("--app-id", &args.app_id), ("--app-certificate", &args.app_certificate)] {
+        if !is_agora_hex(value) {
+            return Err(CliError::Config(format!("{name}: must be 32 hex characters")));
+        }
+    }
+    if args.expire > vendor::MAX_AGORA_EXPIRE_SECS {
+        eprintln!(
+            "imgate: warning: --expire {} is above the {} s the vendor honours",
+            args.expire,
+            vendor::MAX_AGORA_EXPIRE_SECS
+        );
+    }
+    let issue_ts = match args.issued_at {
+        Some(ts) => ts,
+        None => u32::try_from(vendor::now_secs())
+            .map_err(|_| CliError::Runtime("the clock is past 2106".into()))?,
+    };
+    let spec = TokenSpec {
+        app_id: args.app_id,
+        issue_ts,
+        expire: args.expire,
+        salt: args.salt.unwrap_or_else(crate::token::agora::random_salt),
+        user_id: args.user,
+    };
+    println!("{}", spec.build(&args.app_certificate));
+    Ok(())
+}
+
+/// Whether `s` has the shape of an Agora App ID or App Certificate.
+pub fn is_agora_hex(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Runtime(format!("cannot start the runtime: {e}")))
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, CliError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| CliError::Runtime(format!("cannot listen on {addr}: {e}")))
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown signal received");
+}

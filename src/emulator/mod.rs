@@ -1,0 +1,303 @@
+//! A faithful in-memory fake of the vendor REST API (vendor-api.md) for tests, demos and
+//! benchmarks: real state, real token checks, the vendor's quotas, fault injection, and a
+//! control API under `/__emulator/` (DESIGN.md).
+//!
+//! A request goes: control API? → classify → count → faults → app → token endpoint or
+//! authenticate → quota → known user → [`api`] handler.
+
+mod api;
+pub mod config;
+mod control;
+pub mod state;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{header, Method};
+use hyper::body::Incoming;
+use hyper::Request;
+use rand::Rng;
+use tokio::net::TcpListener;
+
+pub use config::{EmulatedApp, EmulatorConfig, Faults};
+
+use crate::route::{classify, AppRef, Endpoint};
+use crate::server::{self, json_response, ConnLimits, ConnectionReset, HandlerResult, HttpResponse};
+use crate::token::agora::{ParsedToken, PRIVILEGE_APP};
+use crate::vendor::{self, VendorError, VendorKind};
+use control::{lock, SlidingWindow, Stats};
+use state::AppData;
+
+/// The vendor's own body limit (larger bodies get 413).
+const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// One emulated app: its identity, its data, its issued tokens and its quota windows.
+struct App {
+    config: EmulatedApp,
+    application_uuid: String,
+    data: Mutex<AppData>,
+    /// Easemob tokens issued by the token endpoint → expiry (Unix seconds; `None` = never).
+    issued: Mutex<HashMap<String, Option<u64>>>,
+    quotas: Vec<SlidingWindow>,
+}
+
+/// The emulator: every app, the counters and the active faults.
+pub struct Emulator {
+    apps: Vec<App>,
+    faults: Mutex<Faults>,
+    stats: Stats,
+    next_msg_id: AtomicU64,
+}
+
+impl Emulator {
+    /// Builds an emulator from a validated configuration.
+    pub fn new(config: EmulatorConfig) -> Arc<Emulator> {
+        let apps = config
+            .apps
+            .into_iter()
+            .map(|app| {
+                let quotas = Endpoint::ALL
+                    .iter()
+                    .map(|e| {
+                        let quota = app.quotas.get(e.name()).copied();
+                        SlidingWindow::new(quota.unwrap_or(vendor::default_quota(*e)))
+                    })
+                    .collect();
+                App {
+                    application_uuid: random_uuid(),
+                    config: app,
+                    data: Mutex::new(AppData::default()),
+                    issued: Mutex::new(HashMap::new()),
+                    quotas,
+                }
+            })
+            .collect();
+        Arc::new(Emulator {
+            apps,
+            faults: Mutex::new(config.faults),
+            stats: Stats::default(),
+            next_msg_id: AtomicU64::new(0),
+        })
+    }
+
+    /// Serves the emulator on `listener` until `shutdown` completes.
+    pub async fn run(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        let handler = move |req, _peer: SocketAddr| {
+            let emulator = self.clone();
+            async move { emulator.handle(req).await }
+        };
+        server::serve(listener, ConnLimits::default(), handler, shutdown).await;
+    }
+
+    /// Answers one request.
+    pub async fn handle(&self, req: Request<Incoming>) -> HandlerResult {
+        let (parts, body) = req.into_parts();
+        if let Some(control) = parts.uri.path().strip_prefix("/__emulator/") {
+            return Ok(self.control(&parts.method, control, body).await);
+        }
+        let Some(route) = classify(&parts.method, parts.uri.path()) else {
+            let err = VendorError::new(404, "service_resource_not_found", "no such path");
+            return Ok(json_response(err.status, err.body()));
+        };
+        self.stats.request(route.endpoint);
+        let faults = *lock(&self.faults);
+        if faults.latency_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
+        }
+        if chance(faults.reset_rate) {
+            return Err(ConnectionReset);
+        }
+        let response = if chance(faults.error_rate) {
+            let err = VendorError::new(faults.error_status, "server_error", "injected fault");
+            json_response(err.status, err.body())
+        } else {
+            match self.answer(&parts, route, body).await {
+                Ok(response) => response,
+                Err(err) => json_response(err.status, err.body()),
+            }
+        };
+        self.stats.response(response.status().as_u16());
+        Ok(response)
+    }
+
+    async fn answer(
+        &self,
+        parts: &Parts,
+        route: crate::route::Route<'_>,
+        body: Incoming,
+    ) -> Result<HttpResponse, VendorError> {
+        let app = self.app(route.app).ok_or_else(|| {
+            VendorError::new(404, "organization_application_not_found", "Could not find application")
+        })?;
+        if route.endpoint == Endpoint::Token && app.config.vendor == VendorKind::Easemob {
+            app.admit(Endpoint::Token)?;
+            let body = read_body(body).await?;
+            return api::issue_token(app, &parts.headers, &body);
+        }
+        app.authenticate(parts)?;
+        app.admit(route.endpoint)?;
+        if !route.user.is_empty() {
+            app.check_user(route.user)?;
+        }
+        let body = read_body(body).await?;
+        let request = api::Call {
+            app_data: &app.data,
+            route,
+            host: parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("localhost"),
+            path: parts.uri.path(),
+            query: parts.uri.query().unwrap_or(""),
+            body: &body,
+        };
+        api::dispatch(self, app, request)
+    }
+
+    fn app(&self, which: AppRef<'_>) -> Option<&App> {
+        self.apps.iter().find(|app| match which {
+            AppRef::Agora { app_id } => {
+                app.config.vendor == VendorKind::Agora && app.config.app_id == app_id
+            }
+            AppRef::Easemob { org, app: name } => {
+                app.config.vendor == VendorKind::Easemob
+                    && app.config.org == org
+                    && app.config.app == name
+            }
+        })
+    }
+
+    fn new_message_id(&self) -> String {
+        // Snowflake-like: milliseconds in the high bits, a sequence in the low ones.
+        let seq = self.next_msg_id.fetch_add(1, Ordering::Relaxed) & 0x3f_ffff;
+        ((vendor::now_millis() << 22) | seq).to_string()
+    }
+
+    async fn control(&self, method: &Method, path: &str, body: Incoming) -> HttpResponse {
+        match (method, path) {
+            (&Method::GET, "stats") => json_response(200, self.stats.to_json()),
+            (&Method::POST, "reset") => {
+                self.stats.reset();
+                json_response(200, Bytes::from_static(br#"{"result":"ok"}"#))
+            }
+            (&Method::GET, "faults") => self.faults_response(),
+            (&Method::PUT, "faults") => {
+                let parsed = read_body(body)
+                    .await
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<Faults>(&b).ok());
+                match parsed.map(|f| f.validate().map(|()| f)) {
+                    Some(Ok(faults)) => {
+                        *lock(&self.faults) = faults;
+                        self.faults_response()
+                    }
+                    Some(Err(msg)) => bad_request(msg),
+                    None => bad_request("body must be a JSON faults object".into()),
+                }
+            }
+            _ => {
+                let err = VendorError::new(404, "service_resource_not_found", "no such control endpoint");
+                json_response(404, err.body())
+            }
+        }
+    }
+
+    fn faults_response(&self) -> HttpResponse {
+        let faults = *lock(&self.faults);
+        json_response(200, Bytes::from(serde_json::to_vec(&faults).unwrap_or_default()))
+    }
+}
+
+impl App {
+    fn admit(&self, endpoint: Endpoint) -> Result<(), VendorError> {
+        if self.quotas[endpoint.index()].try_admit(Instant::now()) {
+            Ok(())
+        } else {
+            Err(VendorError::new(429, "reach_limit", "This request has reached api limit"))
+        }
+    }
+
+    fn check_user(&self, user: &str) -> Result<(), VendorError> {
+        match &self.config.users {
+            Some(known) if !known.iter().any(|u| u == user) => Err(VendorError::new(
+                404,
+                "service_resource_not_found",
+                format!("Service resource not found: user {user} does not exist"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn authenticate(&self, parts: &Parts) -> Result<(), VendorError> {
+        let unauthorized = || VendorError::new(401, "unauthorized", "Unable to authenticate (OAuth)");
+        let corrupt = || {
+            VendorError::new(
+                401,
+                "auth_bad_access_token",
+                "Unable to authenticate due to corrupt access token",
+            )
+        };
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(unauthorized)?;
+        let now = vendor::now_secs();
+        match self.config.vendor {
+            VendorKind::Agora => {
+                let parsed = ParsedToken::parse(token).map_err(|_| corrupt())?;
+                if parsed.spec.app_id != self.config.app_id
+                    || !parsed.verify(&self.config.app_certificate)
+                {
+                    return Err(corrupt());
+                }
+                match parsed.valid_until(PRIVILEGE_APP) {
+                    None => Err(corrupt()),
+                    Some(until) if until <= now => Err(unauthorized()),
+                    Some(_) => Ok(()),
+                }
+            }
+            VendorKind::Easemob => match lock(&self.issued).get(token) {
+                None => Err(corrupt()),
+                Some(Some(until)) if *until <= now => Err(unauthorized()),
+                Some(_) => Ok(()),
+            },
+        }
+    }
+}
+
+async fn read_body(body: Incoming) -> Result<Bytes, VendorError> {
+    server::read_body(body, MAX_BODY_BYTES).await.map_err(|err| match err {
+        server::BodyError::TooLarge(_) => {
+            VendorError::new(413, "Request Entity Too Large", "Request Entity Too Large")
+        }
+        server::BodyError::Read => VendorError::new(400, "json_parse", "request body could not be read"),
+    })
+}
+
+fn bad_request(msg: String) -> HttpResponse {
+    json_response(400, VendorError::new(400, "illegal_argument", msg).body())
+}
+
+fn chance(rate: f64) -> bool {
+    rate > 0.0 && rand::thread_rng().gen_bool(rate.min(1.0))
+}
+
+fn random_uuid() -> String {
+    let b: [u8; 16] = rand::random();
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+}
