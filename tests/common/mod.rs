@@ -1,0 +1,198 @@
+//! Test harness: servers on ephemeral loopback ports and a small HTTP client.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+use imgate::demo;
+use imgate::emulator::{Emulator, EmulatorConfig};
+use imgate::token::agora::TokenSpec;
+
+/// A running emulator; stops when dropped.
+pub struct TestEmulator {
+    pub addr: SocketAddr,
+    pub emulator: Arc<Emulator>,
+    _stop: oneshot::Sender<()>,
+}
+
+impl TestEmulator {
+    /// Starts an emulator with `config` on 127.0.0.1:0.
+    pub async fn start(config: EmulatorConfig) -> TestEmulator {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let emulator = Emulator::new(config);
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(emulator.clone().run(listener, async move {
+            let _ = stopped.await;
+        }));
+        TestEmulator {
+            addr,
+            emulator,
+            _stop: stop,
+        }
+    }
+
+    /// Starts an emulator with the demo identities.
+    pub async fn demo() -> TestEmulator {
+        TestEmulator::start(EmulatorConfig::demo()).await
+    }
+
+    /// `http://127.0.0.1:port`.
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The Agora demo app's prefix URL.
+    pub fn agora(&self) -> String {
+        format!("{}/app-id/{}", self.base(), demo::AGORA_APP_ID)
+    }
+
+    /// The Easemob demo app's prefix URL.
+    pub fn easemob(&self) -> String {
+        format!("{}/{}/{}", self.base(), demo::EASEMOB_ORG, demo::EASEMOB_APP)
+    }
+
+    /// `GET /__emulator/stats`.
+    pub async fn stats(&self) -> Value {
+        http(Method::GET, &format!("{}/__emulator/stats", self.base()), &[], None)
+            .await
+            .json()
+    }
+
+    /// Requests counted for one endpoint name.
+    pub async fn requests(&self, endpoint: &str) -> u64 {
+        self.stats().await["requests"][endpoint].as_u64().unwrap()
+    }
+
+    /// A fresh Easemob token from the emulator's token endpoint.
+    pub async fn easemob_token(&self) -> String {
+        let body = format!(
+            r#"{{"grant_type":"client_credentials","client_id":"{}","client_secret":"{}"}}"#,
+            demo::EASEMOB_CLIENT_ID,
+            demo::EASEMOB_CLIENT_SECRET
+        );
+        let resp = http(
+            Method::POST,
+            &format!("{}/token", self.easemob()),
+            &[("content-type", "application/json")],
+            Some(&body),
+        )
+        .await;
+        assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+        resp.json()["access_token"].as_str().unwrap().to_owned()
+    }
+}
+
+/// A valid Agora app token for the demo app, issued now for `expire` seconds.
+pub fn agora_token(expire: u32) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as u32;
+    TokenSpec::app(demo::AGORA_APP_ID, now, expire, 42).build(demo::AGORA_APP_CERTIFICATE)
+}
+
+/// A buffered HTTP response.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    /// The body as JSON (panics with the body text when it is not JSON).
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// A header's value as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts a vendor-shaped error with this status and `error` name; returns the body.
+    pub fn assert_error(&self, status: u16, error: &str) -> Value {
+        assert_eq!(self.status.as_u16(), status, "{}", self.text());
+        let v = self.json();
+        assert_eq!(v["error"], error, "{v}");
+        for field in ["exception", "error_description"] {
+            assert!(v[field].is_string(), "{field} missing in {v}");
+        }
+        assert!(v["timestamp"].is_u64(), "{v}");
+        assert!(v["duration"].is_u64(), "{v}");
+        v
+    }
+}
+
+/// Sends one request with a fresh connection pool.
+pub async fn http(method: Method, url: &str, headers: &[(&str, &str)], body: Option<&str>) -> Resp {
+    Http::new().send(method, url, headers, body).await
+}
+
+/// A pooled HTTP/1.1 client for tests.
+#[derive(Clone)]
+pub struct Http {
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http::new()
+    }
+}
+
+impl Http {
+    /// A new client.
+    pub fn new() -> Http {
+        Http {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    /// Sends a request; panics on a transport error.
+    pub async fn send(&self, method: Method, url: &str, headers: &[(&str, &str)], body: Option<&str>) -> Resp {
+        self.try_send(method, url, headers, body)
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e}"))
+    }
+
+    /// Sends a request; a transport error is returned.
+    pub async fn try_send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Result<Resp, hyper_util::client::legacy::Error> {
+        let mut req = Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let body = Full::new(Bytes::from(body.unwrap_or("").to_owned()));
+        let resp = self.client.request(req.body(body).unwrap()).await?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+        Ok(Resp {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+}
