@@ -8,7 +8,10 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 
+use crate::config::{RawConfig, Settings};
+use crate::demo::{self, DemoAddrs};
 use crate::emulator::{Emulator, EmulatorConfig};
+use crate::gateway::{Gateway, Listeners};
 use crate::token::agora::TokenSpec;
 use crate::vendor;
 
@@ -22,6 +25,30 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Configuration file (TOML; see config/imgate.example.toml).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run the emulator and the gateway in one process with the demo configuration.
+    Demo {
+        /// Gateway API address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Gateway admin address.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin_listen: SocketAddr,
+        /// Emulator address.
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        emulator_listen: SocketAddr,
+    },
+    /// Validate a configuration and print it with defaults filled in and secrets masked.
+    CheckConfig {
+        /// Configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Run the vendor emulator alone (the demo identities without --config).
     Emulator {
         /// Emulator configuration file (TOML).
@@ -92,6 +119,33 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
+        Command::Serve { config } => {
+            let settings = RawConfig::load(&config)
+                .and_then(|raw| raw.validate())
+                .map_err(|e| CliError::Config(e.to_string()))?;
+            init_logging();
+            runtime()?.block_on(serve(settings))
+        }
+        Command::Demo {
+            listen,
+            admin_listen,
+            emulator_listen,
+        } => {
+            let addrs = DemoAddrs {
+                listen,
+                admin_listen,
+                emulator_listen,
+            };
+            let settings = demo::settings(addrs).map_err(|e| CliError::Config(e.to_string()))?;
+            init_logging();
+            runtime()?.block_on(run_demo(addrs, settings))
+        }
+        Command::CheckConfig { config } => {
+            let raw = RawConfig::load(&config).map_err(|e| CliError::Config(e.to_string()))?;
+            raw.validate().map_err(|e| CliError::Config(e.to_string()))?;
+            print!("{}", raw.to_masked_toml());
+            Ok(())
+        }
         Command::Token(TokenCommand::Agora(args)) => agora_token(args),
         Command::Emulator { config, listen } => {
             let config = match config {
@@ -116,9 +170,63 @@ fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
+async fn serve(settings: Settings) -> Result<(), CliError> {
+    let listeners = bind_gateway(&settings).await?;
+    let apps: Vec<String> = settings.apps.iter().map(|a| a.name.clone()).collect();
+    tracing::info!(
+        listen = %settings.listen,
+        admin = %settings.admin_listen,
+        apps = ?apps,
+        clients = settings.clients.len(),
+        "imgate serving"
+    );
+    let gateway = new_gateway(settings)?;
+    crate::run(listeners, gateway, shutdown_signal()).await;
+    Ok(())
+}
+
+async fn run_demo(addrs: DemoAddrs, settings: Settings) -> Result<(), CliError> {
+    let emulator_listener = bind(addrs.emulator_listen).await?;
+    let listeners = bind_gateway(&settings).await?;
+    let gateway = new_gateway(settings)?;
+    let emulator = Emulator::new(EmulatorConfig::demo());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let stopped_too = stopped.clone();
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    println!(
+        "imgate demo: gateway http://{}  admin http://{}  vendor emulator http://{}",
+        addrs.listen, addrs.admin_listen, addrs.emulator_listen
+    );
+    println!("Paste these into another terminal (Ctrl-C here stops the demo):");
+    println!("{}", demo::curl_commands(addrs));
+    tokio::join!(
+        emulator.run(emulator_listener, wait(stopped)),
+        crate::run(listeners, gateway, wait(stopped_too)),
+        async move {
+            shutdown_signal().await;
+            let _ = stop.send(true);
+        }
+    );
+    Ok(())
+}
+
+async fn bind_gateway(settings: &Settings) -> Result<Listeners, CliError> {
+    Ok(Listeners {
+        api: bind(settings.listen).await?,
+        admin: bind(settings.admin_listen).await?,
+    })
+}
+
+fn new_gateway(settings: Settings) -> Result<std::sync::Arc<Gateway>, CliError> {
+    Gateway::new(settings, prometheus::Registry::new())
+        .map_err(|e| CliError::Runtime(format!("cannot register metrics: {e}")))
+}
+
 fn agora_token(args: AgoraTokenArgs) -> Result<(), CliError> {
     for (name, value) in [("--app-id", &args.app_id), ("--app-certificate", &args.app_certificate)] {
-        if !is_agora_hex(value) {
+        if !vendor::is_agora_hex(value) {
             return Err(CliError::Config(format!("{name}: must be 32 hex characters")));
         }
     }
@@ -143,11 +251,6 @@ fn agora_token(args: AgoraTokenArgs) -> Result<(), CliError> {
     };
     println!("{}", spec.build(&args.app_certificate));
     Ok(())
-}
-
-/// Whether `s` has the shape of an Agora App ID or App Certificate.
-pub fn is_agora_hex(s: &str) -> bool {
-    s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {

@@ -2,8 +2,15 @@
 //!
 //! Layout:
 //! - [`cli`]: the command line (`serve`, `demo`, `emulator`, `check-config`, `token`).
+//! - [`gateway`]: the shared state and [`run`], the one entry point of `main` and the tests.
+//! - [`pipeline`]: the request path, phase by phase (classify → authenticate → … → respond).
 //! - [`route`]: method + path → app, [`route::Endpoint`] and path parameters.
 //! - [`vendor`]: what differs between and is known about the vendors: kinds, error bodies, quotas.
+//! - [`config`]: TOML → validated settings; secrets from `${ENV}` or `file:`.
+//! - [`auth`]: caller identity from client keys.
+//! - [`upstream`]: the pooled vendor client and the forwarding header rules.
+//! - [`error`]: every gateway error and its one mapping to a vendor-shaped response.
+//! - [`metrics`]: the Prometheus metrics, on a registry passed in.
 //! - [`token`]: app tokens (Agora AccessToken2 minted locally, Easemob client credentials).
 //! - [`server`]: the accept loop shared by every listener, with connection guards.
 //! - [`emulator`]: a faithful in-memory fake of the vendor API for tests, demos and benchmarks.
@@ -11,10 +18,19 @@
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod cli;
+pub mod config;
 pub mod demo;
 pub mod emulator;
+pub mod error;
+pub mod gateway;
+pub mod metrics;
+pub mod pipeline;
 pub mod route;
 pub mod server;
 pub mod token;
+pub mod upstream;
 pub mod vendor;
+
+pub use gateway::{run, Gateway, Listeners};

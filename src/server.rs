@@ -99,10 +99,7 @@ pub async fn serve<H, F>(
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
-        let service = service_fn(move |req| {
-            let response = handler(req, peer);
-            async move { response.await }
-        });
+        let service = service_fn(move |req| handler(req, peer));
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let first_byte_timeout = limits.first_byte_timeout;

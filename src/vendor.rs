@@ -46,6 +46,11 @@ pub const fn default_quota(endpoint: Endpoint) -> u32 {
     }
 }
 
+/// Whether `s` has the shape of an Agora App ID or App Certificate (32 hex characters).
+pub fn is_agora_hex(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// Milliseconds since the Unix epoch, as the vendor's `timestamp` fields carry.
 pub fn now_millis() -> u64 {
     SystemTime::now()

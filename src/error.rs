@@ -1,0 +1,138 @@
+//! Every way a gateway request can fail, who is at fault, and the one mapping to a status and a
+//! vendor-shaped JSON body (so vendor SDKs and callers parse imgate's errors like the vendor's).
+
+use crate::server::{json_response, HttpResponse};
+use crate::token::TokenError;
+use crate::upstream::UpstreamError;
+use crate::vendor;
+
+/// A request that imgate answers itself with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The path has no vendor app prefix.
+    #[error("no vendor API at this path")]
+    NoRoute,
+    /// The prefix names an app imgate is not configured for.
+    #[error("imgate fronts no app at this path")]
+    UnknownApp,
+    /// No client key, or one imgate does not know.
+    #[error("imgate refused the request: missing or invalid client key")]
+    Unauthenticated,
+    /// The client may not use this app.
+    #[error("this client may not use this app")]
+    Forbidden,
+    /// The request body is larger than `server.max_body_bytes`.
+    #[error("request body larger than {0} bytes")]
+    BodyTooLarge(usize),
+    /// The request body could not be read.
+    #[error("request body could not be read")]
+    BodyUnreadable,
+    /// Client tokens from `POST {prefix}/token` are not issued by this version.
+    #[error("imgate does not issue client tokens yet: send your imgate client key as the Bearer token")]
+    TokenEndpoint,
+    /// An endpoint imgate does not know, with `upstream.forward_other = false`.
+    #[error("this endpoint is not forwarded by imgate")]
+    OtherNotForwarded,
+    /// No valid app token could be had.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// The call to the vendor failed.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// The vendor rejected imgate's own app token.
+    #[error("the vendor rejected imgate's app token")]
+    UpstreamUnauthorized,
+}
+
+/// Who caused an error: decides whether a retry may help and how it is logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The request itself is wrong.
+    Caller,
+    /// imgate or its configuration.
+    Imgate,
+    /// The vendor (or the network to it).
+    Vendor,
+}
+
+impl GatewayError {
+    /// HTTP status of the answer.
+    pub fn status(&self) -> u16 {
+        match self {
+            GatewayError::NoRoute | GatewayError::UnknownApp | GatewayError::TokenEndpoint => 404,
+            GatewayError::Unauthenticated => 401,
+            GatewayError::Forbidden | GatewayError::OtherNotForwarded => 403,
+            GatewayError::BodyTooLarge(_) => 413,
+            GatewayError::BodyUnreadable => 400,
+            GatewayError::Token(_) => 503,
+            GatewayError::Upstream(UpstreamError::Timeout) => 504,
+            GatewayError::Upstream(_) | GatewayError::UpstreamUnauthorized => 502,
+        }
+    }
+
+    /// The `error` field: the vendor's own name where callers' SDKs act on it, else `imgate_…`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            GatewayError::NoRoute => "imgate_no_route",
+            GatewayError::UnknownApp => "organization_application_not_found",
+            // The vendor's name, so that vendor SDKs refresh their credentials.
+            GatewayError::Unauthenticated => "unauthorized",
+            GatewayError::Forbidden => "imgate_forbidden",
+            GatewayError::BodyTooLarge(_) => "imgate_body_too_large",
+            GatewayError::BodyUnreadable => "imgate_bad_request",
+            GatewayError::TokenEndpoint => "imgate_token_endpoint_unavailable",
+            GatewayError::OtherNotForwarded => "imgate_endpoint_not_forwarded",
+            GatewayError::Token(_) => "imgate_token_unavailable",
+            GatewayError::Upstream(UpstreamError::Timeout) => "imgate_upstream_timeout",
+            GatewayError::Upstream(UpstreamError::Connect(_)) => "imgate_upstream_unavailable",
+            GatewayError::Upstream(_) => "imgate_upstream_error",
+            GatewayError::UpstreamUnauthorized => "imgate_upstream_unauthorized",
+        }
+    }
+
+    /// Who is at fault.
+    pub fn fault(&self) -> Fault {
+        match self {
+            GatewayError::NoRoute
+            | GatewayError::UnknownApp
+            | GatewayError::Unauthenticated
+            | GatewayError::Forbidden
+            | GatewayError::BodyTooLarge(_)
+            | GatewayError::BodyUnreadable
+            | GatewayError::TokenEndpoint
+            | GatewayError::OtherNotForwarded => Fault::Caller,
+            GatewayError::Token(_) | GatewayError::UpstreamUnauthorized => Fault::Imgate,
+            GatewayError::Upstream(_) => Fault::Vendor,
+        }
+    }
+
+    /// The answer to the caller.
+    pub fn to_response(&self) -> HttpResponse {
+        json_response(
+            self.status(),
+            vendor::error_body(self.name(), "ImgateException", &self.to_string()),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caller_auth_failures_use_the_vendor_name_so_sdks_refresh() {
+        let e = GatewayError::Unauthenticated;
+        assert_eq!((e.status(), e.name()), (401, "unauthorized"));
+        assert!(e.to_string().contains("imgate refused"));
+        assert_eq!(e.to_response().status(), 401);
+    }
+
+    #[test]
+    fn vendor_failures_map_to_gateway_statuses() {
+        assert_eq!(GatewayError::Upstream(UpstreamError::Timeout).status(), 504);
+        let connect = GatewayError::Upstream(UpstreamError::Connect("refused".into()));
+        assert_eq!((connect.status(), connect.name()), (502, "imgate_upstream_unavailable"));
+        assert_eq!(GatewayError::UpstreamUnauthorized.status(), 502);
+        assert_eq!(GatewayError::UpstreamUnauthorized.fault(), Fault::Imgate);
+    }
+}

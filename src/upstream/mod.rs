@@ -1,0 +1,196 @@
+//! The vendor side: one pooled keep-alive client (hyper-util + rustls) shared by every app, the
+//! header rules of a forwarding proxy, and the mapping of transport failures to errors.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::config::UpstreamSettings;
+
+/// Largest vendor response imgate buffers (vendor bodies are small JSON documents).
+const MAX_RESPONSE_BYTES: usize = 8 << 20;
+
+/// Why a call to the vendor produced no response.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// TCP or TLS connection to the vendor failed.
+    #[error("cannot connect to the vendor: {0}")]
+    Connect(String),
+    /// No complete response within `upstream.timeout_ms`.
+    #[error("the vendor did not answer in time")]
+    Timeout,
+    /// The connection failed mid-call, or the response was unreadable or too large.
+    #[error("the vendor call failed: {0}")]
+    Failed(String),
+}
+
+/// A buffered vendor response.
+#[derive(Debug)]
+pub struct VendorResponse {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers, hop-by-hop ones removed.
+    pub headers: HeaderMap,
+    /// Body.
+    pub body: Bytes,
+}
+
+/// The pooled client toward every vendor host.
+pub struct Upstream {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    timeout: Duration,
+}
+
+impl Upstream {
+    /// Builds the client: HTTPS via rustls with the webpki roots, plain HTTP for the emulator.
+    pub fn new(settings: &UpstreamSettings) -> Upstream {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(settings.connect_timeout));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(settings.pool_idle_timeout)
+            .pool_max_idle_per_host(settings.pool_max_idle_per_host)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(https);
+        Upstream {
+            client,
+            timeout: settings.timeout,
+        }
+    }
+
+    /// Sends a request and buffers the response, within the configured timeout.
+    pub async fn send(&self, request: Request<Full<Bytes>>) -> Result<VendorResponse, UpstreamError> {
+        let call = async {
+            let response = self.client.request(request).await.map_err(|err| {
+                if err.is_connect() {
+                    UpstreamError::Connect(error_chain(&err))
+                } else {
+                    UpstreamError::Failed(error_chain(&err))
+                }
+            })?;
+            let (mut parts, body) = response.into_parts();
+            let body = Limited::new(body, MAX_RESPONSE_BYTES)
+                .collect()
+                .await
+                .map_err(|err| UpstreamError::Failed(format!("reading the body: {err}")))?
+                .to_bytes();
+            strip_hop_by_hop(&mut parts.headers);
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Ok(VendorResponse {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+            })
+        };
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .unwrap_or(Err(UpstreamError::Timeout))
+    }
+}
+
+/// `base` (scheme + authority) joined with the caller's path and query.
+pub fn vendor_uri(base: &Uri, path_and_query: &str) -> Result<Uri, UpstreamError> {
+    let mut parts = base.clone().into_parts();
+    parts.path_and_query = Some(
+        path_and_query
+            .parse()
+            .map_err(|_| UpstreamError::Failed("unusable request path".into()))?,
+    );
+    Uri::from_parts(parts).map_err(|_| UpstreamError::Failed("unusable request path".into()))
+}
+
+/// The headers to send to the vendor: the caller's, less hop-by-hop headers, `Host`, the
+/// caller's credentials and `Content-Length` (recomputed), plus the app token.
+pub fn forward_headers(incoming: &HeaderMap, app_token: &HeaderValue) -> HeaderMap {
+    let mut headers = incoming.clone();
+    strip_hop_by_hop(&mut headers);
+    for name in [header::HOST, header::AUTHORIZATION, header::CONTENT_LENGTH] {
+        headers.remove(name);
+    }
+    headers.insert(header::AUTHORIZATION, app_token.clone());
+    headers
+}
+
+/// Removes the hop-by-hop headers of RFC 9110 §7.6.1, including those `Connection` names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_headers_drop_hop_by_hop_and_caller_credentials() {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer caller-key"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-private"));
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::HOST, HeaderValue::from_static("imgate"));
+        h.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        let token = HeaderValue::from_static("Bearer app-token");
+        let out = forward_headers(&h, &token);
+        assert_eq!(out.get(header::AUTHORIZATION).unwrap(), "Bearer app-token");
+        assert_eq!(out.get(header::ACCEPT).unwrap(), "application/json");
+        for gone in ["connection", "x-private", "keep-alive", "host"] {
+            assert!(out.get(gone).is_none(), "{gone} forwarded");
+        }
+    }
+
+    #[test]
+    fn vendor_uri_keeps_path_and_query() {
+        let base: Uri = "https://a1.easemob.com".parse().unwrap();
+        let uri = vendor_uri(&base, "/o/a/users/u/presence/sublist?pageNum=1&pageSize=5").unwrap();
+        assert_eq!(uri.to_string(), "https://a1.easemob.com/o/a/users/u/presence/sublist?pageNum=1&pageSize=5");
+    }
+}
