@@ -22,7 +22,9 @@ pub struct Client {
 impl Client {
     /// Whether this client may call the app at `app_index`.
     pub fn may_use(&self, app_index: usize) -> bool {
-        self.allowed.as_ref().is_none_or(|apps| apps.contains(&app_index))
+        self.allowed
+            .as_ref()
+            .is_none_or(|apps| apps.contains(&app_index))
     }
 }
 
@@ -97,8 +99,14 @@ mod tests {
     #[test]
     fn a_known_key_names_its_client() {
         let c = clients();
-        assert_eq!(c.authenticate(&headers("Bearer key-all")).unwrap().name, "all");
-        assert_eq!(c.authenticate(&headers("bearer  key-one ")).unwrap().name, "one");
+        assert_eq!(
+            c.authenticate(&headers("Bearer key-all")).unwrap().name,
+            "all"
+        );
+        assert_eq!(
+            c.authenticate(&headers("bearer  key-one ")).unwrap().name,
+            "one"
+        );
     }
 
     #[test]

@@ -142,7 +142,8 @@ fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::CheckConfig { config } => {
             let raw = RawConfig::load(&config).map_err(|e| CliError::Config(e.to_string()))?;
-            raw.validate().map_err(|e| CliError::Config(e.to_string()))?;
+            raw.validate()
+                .map_err(|e| CliError::Config(e.to_string()))?;
             print!("{}", raw.to_masked_toml());
             Ok(())
         }
@@ -225,9 +226,14 @@ fn new_gateway(settings: Settings) -> Result<std::sync::Arc<Gateway>, CliError> 
 }
 
 fn agora_token(args: AgoraTokenArgs) -> Result<(), CliError> {
-    for (name, value) in [("--app-id", &args.app_id), ("--app-certificate", &args.app_certificate)] {
+    for (name, value) in [
+        ("--app-id", &args.app_id),
+        ("--app-certificate", &args.app_certificate),
+    ] {
         if !vendor::is_agora_hex(value) {
-            return Err(CliError::Config(format!("{name}: must be 32 hex characters")));
+            return Err(CliError::Config(format!(
+                "{name}: must be 32 hex characters"
+            )));
         }
     }
     if args.expire > vendor::MAX_AGORA_EXPIRE_SECS {

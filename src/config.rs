@@ -320,11 +320,20 @@ impl RawConfig {
             return Err(bad("server.max_connections", "must be greater than 0"));
         }
         if u.pool_max_idle_per_host == 0 {
-            return Err(bad("upstream.pool_max_idle_per_host", "must be greater than 0"));
+            return Err(bad(
+                "upstream.pool_max_idle_per_host",
+                "must be greater than 0",
+            ));
         }
         let conn_limits = ConnLimits {
-            first_byte_timeout: positive("server.header_read_timeout_ms", s.header_read_timeout_ms)?,
-            header_read_timeout: positive("server.header_read_timeout_ms", s.header_read_timeout_ms)?,
+            first_byte_timeout: positive(
+                "server.header_read_timeout_ms",
+                s.header_read_timeout_ms,
+            )?,
+            header_read_timeout: positive(
+                "server.header_read_timeout_ms",
+                s.header_read_timeout_ms,
+            )?,
             max_connections: s.max_connections,
             drain_timeout: Duration::from_millis(s.drain_timeout_ms),
         };
@@ -345,7 +354,11 @@ impl RawConfig {
             .map(|(i, app)| validate_app(&format!("apps[{i}]"), app))
             .collect::<Result<Vec<_>, _>>()?;
         unique("apps", "name", self.apps.iter().map(|a| a.name.as_str()))?;
-        unique("apps", "vendor app", apps.iter().map(|a| vendor_identity(&a.credentials)))?;
+        unique(
+            "apps",
+            "vendor app",
+            apps.iter().map(|a| vendor_identity(&a.credentials)),
+        )?;
         let app_names: HashSet<&str> = self.apps.iter().map(|a| a.name.as_str()).collect();
         let clients = self
             .clients
@@ -353,7 +366,11 @@ impl RawConfig {
             .enumerate()
             .map(|(i, c)| validate_client(&format!("clients[{i}]"), c, &app_names))
             .collect::<Result<Vec<_>, _>>()?;
-        unique("clients", "name", self.clients.iter().map(|c| c.name.as_str()))?;
+        unique(
+            "clients",
+            "name",
+            self.clients.iter().map(|c| c.name.as_str()),
+        )?;
         unique("clients", "key", clients.iter().map(|c| hex(&c.key_sha256)))?;
         let admin_key = self
             .admin
@@ -400,7 +417,11 @@ fn address(field: &str, text: &str) -> Result<SocketAddr, ConfigError> {
         .map_err(|_| bad(field, format!("not an IP address with port: {text:?}")))
 }
 
-fn required<'a>(field: &str, value: &'a Option<String>, vendor: &str) -> Result<&'a str, ConfigError> {
+fn required<'a>(
+    field: &str,
+    value: &'a Option<String>,
+    vendor: &str,
+) -> Result<&'a str, ConfigError> {
     match value.as_deref() {
         Some(v) if !v.is_empty() => Ok(v),
         _ => Err(bad(field, format!("required for a {vendor} app"))),
@@ -409,8 +430,16 @@ fn required<'a>(field: &str, value: &'a Option<String>, vendor: &str) -> Result<
 
 fn validate_app(at: &str, app: &RawApp) -> Result<AppSettings, ConfigError> {
     let field = |name: &str| format!("{at}.{name}");
-    if app.name.is_empty() || !app.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-        return Err(bad(field("name"), "must be non-empty letters, digits, '-' or '_'"));
+    if app.name.is_empty()
+        || !app
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(bad(
+            field("name"),
+            "must be non-empty letters, digits, '-' or '_'",
+        ));
     }
     let upstream = upstream_base(&field("upstream"), &app.upstream)?;
     let only = |name: &str, value: bool, vendor: &str| {
@@ -442,9 +471,14 @@ fn validate_app(at: &str, app: &RawApp) -> Result<AppSettings, ConfigError> {
             if !vendor::is_agora_hex(certificate.expose_secret()) {
                 return Err(bad(field("app_certificate"), "must be 32 hex characters"));
             }
-            let expire_secs = app.token_expire_secs.unwrap_or(vendor::MAX_AGORA_EXPIRE_SECS);
+            let expire_secs = app
+                .token_expire_secs
+                .unwrap_or(vendor::MAX_AGORA_EXPIRE_SECS);
             if !(60..=vendor::MAX_AGORA_EXPIRE_SECS).contains(&expire_secs) {
-                return Err(bad(field("token_expire_secs"), "must be between 60 and 86400"));
+                return Err(bad(
+                    field("token_expire_secs"),
+                    "must be between 60 and 86400",
+                ));
             }
             Credentials::Agora {
                 app_id: app_id.to_owned(),
@@ -463,7 +497,10 @@ fn validate_app(at: &str, app: &RawApp) -> Result<AppSettings, ConfigError> {
             let segment = |name: &str, value: &Option<String>| -> Result<String, ConfigError> {
                 let v = required(&field(name), value, "easemob")?;
                 if v.contains('/') || v == "app-id" {
-                    return Err(bad(field(name), "must be a single path segment other than app-id"));
+                    return Err(bad(
+                        field(name),
+                        "must be a single path segment other than app-id",
+                    ));
                 }
                 Ok(v.to_owned())
             };
@@ -493,7 +530,12 @@ fn upstream_base(field: &str, text: &str) -> Result<Uri, ConfigError> {
         .map_err(|_| bad(field, format!("not a URL: {text:?}")))?;
     match uri.scheme_str() {
         Some("https" | "http") => {}
-        _ => return Err(bad(field, "must start with https:// (or http:// for the emulator)")),
+        _ => {
+            return Err(bad(
+                field,
+                "must start with https:// (or http:// for the emulator)",
+            ))
+        }
     }
     if uri.authority().is_none() {
         return Err(bad(field, "must name a host"));
@@ -504,7 +546,11 @@ fn upstream_base(field: &str, text: &str) -> Result<Uri, ConfigError> {
     Ok(uri)
 }
 
-fn validate_client(at: &str, client: &RawClient, apps: &HashSet<&str>) -> Result<ClientSettings, ConfigError> {
+fn validate_client(
+    at: &str,
+    client: &RawClient,
+    apps: &HashSet<&str>,
+) -> Result<ClientSettings, ConfigError> {
     let field = |name: &str| format!("{at}.{name}");
     if client.name.is_empty() {
         return Err(bad(field("name"), "must not be empty"));
@@ -517,7 +563,8 @@ fn validate_client(at: &str, client: &RawClient, apps: &HashSet<&str>) -> Result
             }
             Sha256::digest(key.expose_secret().as_bytes()).into()
         }
-        (None, Some(hash)) => parse_sha256(hash).ok_or_else(|| bad(field("key_sha256"), "must be 64 hex characters"))?,
+        (None, Some(hash)) => parse_sha256(hash)
+            .ok_or_else(|| bad(field("key_sha256"), "must be 64 hex characters"))?,
         _ => return Err(bad(field("key"), "give exactly one of key and key_sha256")),
     };
     if let Some(list) = &client.apps {
@@ -550,9 +597,11 @@ fn hex(bytes: &[u8]) -> String {
 /// Resolves `${ENV_VAR}`, `file:/path` (trailing newline trimmed) or a literal.
 pub fn resolve_secret(field: &str, value: &str) -> Result<SecretString, ConfigError> {
     let resolved = if let Some(var) = value.strip_prefix("${").and_then(|v| v.strip_suffix('}')) {
-        std::env::var(var).map_err(|_| bad(field, format!("environment variable {var} is not set")))?
+        std::env::var(var)
+            .map_err(|_| bad(field, format!("environment variable {var} is not set")))?
     } else if let Some(path) = value.strip_prefix("file:") {
-        let text = std::fs::read_to_string(path).map_err(|e| bad(field, format!("cannot read {path}: {e}")))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| bad(field, format!("cannot read {path}: {e}")))?;
         text.trim_end_matches(['\n', '\r']).to_owned()
     } else {
         value.to_owned()
@@ -591,7 +640,10 @@ mod tests {
     "#;
 
     fn error_of(text: &str) -> String {
-        RawConfig::parse(text).and_then(|c| c.validate()).unwrap_err().to_string()
+        RawConfig::parse(text)
+            .and_then(|c| c.validate())
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -600,22 +652,38 @@ mod tests {
         assert_eq!(s.listen, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(s.max_body_bytes, 65536);
         assert_eq!(s.apps.len(), 2);
-        assert!(matches!(s.apps[0].credentials, Credentials::Agora { expire_secs: 86400, .. }));
-        assert_eq!(s.clients[0].key_sha256, <[u8; 32]>::from(Sha256::digest(b"svc-key-123")));
+        assert!(matches!(
+            s.apps[0].credentials,
+            Credentials::Agora {
+                expire_secs: 86400,
+                ..
+            }
+        ));
+        assert_eq!(
+            s.clients[0].key_sha256,
+            <[u8; 32]>::from(Sha256::digest(b"svc-key-123"))
+        );
     }
 
     #[test]
     fn errors_name_the_field() {
         let bad_id = GOOD.replace("a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6", "xyz");
-        assert_eq!(error_of(&bad_id), "apps[0].app_id: must be 32 hex characters");
+        assert_eq!(
+            error_of(&bad_id),
+            "apps[0].app_id: must be 32 hex characters"
+        );
         let no_secret = GOOD.replace("client_secret = \"secret\"", "");
-        assert_eq!(error_of(&no_secret), "apps[1].client_secret: required for a easemob app");
+        assert_eq!(
+            error_of(&no_secret),
+            "apps[1].client_secret: required for a easemob app"
+        );
         let bad_url = GOOD.replace("http://127.0.0.1:8081", "ftp://x");
         assert!(error_of(&bad_url).starts_with("apps[1].upstream:"));
         let bad_client_app = GOOD.replace("apps = [\"a\"]", "apps = [\"zz\"]");
         assert!(error_of(&bad_client_app).starts_with("clients[0].apps:"));
         assert!(error_of("[server]\nlisten = 5").starts_with("config:"));
-        assert!(error_of(&format!("{GOOD}\n[server]\nmax_body_bytes = 0")).starts_with("server.max_body_bytes"));
+        assert!(error_of(&format!("{GOOD}\n[server]\nmax_body_bytes = 0"))
+            .starts_with("server.max_body_bytes"));
     }
 
     #[test]
@@ -629,17 +697,27 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("IMGATE_TEST_SURELY_UNSET_VAR"));
-        assert_eq!(resolve_secret("f", "${PATH}").unwrap().expose_secret(), std::env::var("PATH").unwrap());
+        assert_eq!(
+            resolve_secret("f", "${PATH}").unwrap().expose_secret(),
+            std::env::var("PATH").unwrap()
+        );
     }
 
     #[test]
     fn masked_output_hides_every_secret() {
         let raw = RawConfig::parse(GOOD).unwrap();
         let text = raw.to_masked_toml();
-        for secret in ["0f1e2d3c4b5a69788796a5b4c3d2e1f0", "\"secret\"", "svc-key-123"] {
+        for secret in [
+            "0f1e2d3c4b5a69788796a5b4c3d2e1f0",
+            "\"secret\"",
+            "svc-key-123",
+        ] {
             assert!(!text.contains(secret), "{secret} leaked:\n{text}");
         }
-        assert!(text.contains("max_body_bytes = 65536"), "defaults are shown:\n{text}");
+        assert!(
+            text.contains("max_body_bytes = 65536"),
+            "defaults are shown:\n{text}"
+        );
     }
 
     #[test]

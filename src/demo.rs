@@ -110,6 +110,9 @@ mod tests {
         let text = curl_commands(addrs());
         assert!(text.contains("http://127.0.0.1:8080/app-id/a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6/users/bob/offline_msg_count"));
         assert!(text.contains("http://127.0.0.1:8080/demo-org/demo-app/users/alice/presence/3600"));
-        assert!(!text.contains(":8081"), "callers never talk to the emulator directly");
+        assert!(
+            !text.contains(":8081"),
+            "callers never talk to the emulator directly"
+        );
     }
 }

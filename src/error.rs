@@ -28,7 +28,9 @@ pub enum GatewayError {
     #[error("request body could not be read")]
     BodyUnreadable,
     /// Client tokens from `POST {prefix}/token` are not issued by this version.
-    #[error("imgate does not issue client tokens yet: send your imgate client key as the Bearer token")]
+    #[error(
+        "imgate does not issue client tokens yet: send your imgate client key as the Bearer token"
+    )]
     TokenEndpoint,
     /// An endpoint imgate does not know, with `upstream.forward_other = false`.
     #[error("this endpoint is not forwarded by imgate")]
@@ -131,7 +133,10 @@ mod tests {
     fn vendor_failures_map_to_gateway_statuses() {
         assert_eq!(GatewayError::Upstream(UpstreamError::Timeout).status(), 504);
         let connect = GatewayError::Upstream(UpstreamError::Connect("refused".into()));
-        assert_eq!((connect.status(), connect.name()), (502, "imgate_upstream_unavailable"));
+        assert_eq!(
+            (connect.status(), connect.name()),
+            (502, "imgate_upstream_unavailable")
+        );
         assert_eq!(GatewayError::UpstreamUnauthorized.status(), 502);
         assert_eq!(GatewayError::UpstreamUnauthorized.fault(), Fault::Imgate);
     }

@@ -17,11 +17,11 @@ use tokio::sync::watch;
 use crate::auth::Clients;
 use crate::config::{Credentials, Settings};
 use crate::metrics::Metrics;
+use crate::pipeline;
 use crate::route::AppRef;
 use crate::server::{self, json_response, ConnLimits, HttpResponse};
 use crate::token::TokenSource;
 use crate::upstream::Upstream;
-use crate::pipeline;
 
 /// One fronted vendor app.
 pub struct App {
@@ -102,7 +102,9 @@ impl Gateway {
                 }
             })
             .collect();
-        let clients = Clients::new(&settings.clients, |name| apps.iter().position(|a| a.name == name));
+        let clients = Clients::new(&settings.clients, |name| {
+            apps.iter().position(|a| a.name == name)
+        });
         Ok(Arc::new(Gateway {
             max_body_bytes: settings.max_body_bytes,
             forward_other: settings.upstream.forward_other,
@@ -117,17 +119,26 @@ impl Gateway {
 
     /// The app a path prefix addresses, with its index.
     pub fn app(&self, which: AppRef<'_>) -> Option<(usize, &App)> {
-        self.apps.iter().enumerate().find(|(_, app)| match (&app.identity, which) {
-            // Agora App IDs are hex; callers may write them in either case.
-            (Identity::Agora { app_id }, AppRef::Agora { app_id: asked }) => app_id.eq_ignore_ascii_case(asked),
-            (Identity::Easemob { org, app }, AppRef::Easemob { org: o, app: a }) => org == o && app == a,
-            _ => false,
-        })
+        self.apps
+            .iter()
+            .enumerate()
+            .find(|(_, app)| match (&app.identity, which) {
+                // Agora App IDs are hex; callers may write them in either case.
+                (Identity::Agora { app_id }, AppRef::Agora { app_id: asked }) => {
+                    app_id.eq_ignore_ascii_case(asked)
+                }
+                (Identity::Easemob { org, app }, AppRef::Easemob { org: o, app: a }) => {
+                    org == o && app == a
+                }
+                _ => false,
+            })
     }
 
     async fn admin(&self, req: Request<Incoming>) -> HttpResponse {
         match (req.method(), req.uri().path()) {
-            (&Method::GET, "/healthz") => json_response(200, Bytes::from_static(br#"{"status":"ok"}"#)),
+            (&Method::GET, "/healthz") => {
+                json_response(200, Bytes::from_static(br#"{"status":"ok"}"#))
+            }
             (&Method::GET, "/metrics") => {
                 let mut response = json_response(200, Bytes::from(self.metrics.encode()));
                 response.headers_mut().insert(
@@ -138,7 +149,11 @@ impl Gateway {
             }
             _ => json_response(
                 404,
-                crate::vendor::error_body("imgate_no_route", "ImgateException", "no admin endpoint at this path"),
+                crate::vendor::error_body(
+                    "imgate_no_route",
+                    "ImgateException",
+                    "no admin endpoint at this path",
+                ),
             ),
         }
     }

@@ -4,11 +4,14 @@
 //! Label values are bounded: configured client and app names, endpoint names and status codes,
 //! with `-` where a request never got that far. Never a user id, key or token.
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
 
 /// Buckets in seconds: sub-millisecond cache hits up to multi-second vendor calls.
 const LATENCY_BUCKETS: &[f64] = &[
-    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
 ];
 
 /// The gateway's metrics.
@@ -24,7 +27,10 @@ impl Metrics {
     /// Creates the metrics and registers them in `registry`.
     pub fn new(registry: Registry) -> Result<Metrics, prometheus::Error> {
         let http_requests = IntCounterVec::new(
-            Opts::new("imgate_http_requests_total", "Requests answered, by client, app, endpoint and status."),
+            Opts::new(
+                "imgate_http_requests_total",
+                "Requests answered, by client, app, endpoint and status.",
+            ),
             &["client", "app", "endpoint", "status"],
         )?;
         let http_duration = HistogramVec::new(
@@ -68,7 +74,9 @@ impl Metrics {
         self.http_requests
             .with_label_values(&[client, app, endpoint, status])
             .inc();
-        self.http_duration.with_label_values(&[endpoint]).observe(seconds);
+        self.http_duration
+            .with_label_values(&[endpoint])
+            .observe(seconds);
     }
 
     /// Records one vendor call; `status` is the vendor's status or `error`/`timeout`.

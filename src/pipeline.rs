@@ -63,11 +63,17 @@ pub async fn handle(gateway: &Gateway, req: Request<Incoming>) -> HttpResponse {
         }
     };
     let status = response.status();
-    response.headers_mut().insert(X_REQUEST_ID.clone(), request_id.clone());
+    response
+        .headers_mut()
+        .insert(X_REQUEST_ID.clone(), request_id.clone());
     let seconds = started.elapsed().as_secs_f64();
-    gateway
-        .metrics
-        .request(trace.client, trace.app, trace.endpoint, status.as_str(), seconds);
+    gateway.metrics.request(
+        trace.client,
+        trace.app,
+        trace.endpoint,
+        status.as_str(),
+        seconds,
+    );
     tracing::info!(
         target: "imgate::access",
         request_id = request_id.to_str().unwrap_or("-"),
@@ -121,7 +127,16 @@ async fn process<'g>(
             BodyError::TooLarge(limit) => GatewayError::BodyTooLarge(limit),
             BodyError::Read => GatewayError::BodyUnreadable,
         })?;
-    let vendor = forward(gateway, app, route.endpoint, &parts, body, request_id, trace).await?;
+    let vendor = forward(
+        gateway,
+        app,
+        route.endpoint,
+        &parts,
+        body,
+        request_id,
+        trace,
+    )
+    .await?;
 
     // 8. respond
     Ok(respond(vendor))
@@ -156,9 +171,12 @@ async fn forward(
         Err(UpstreamError::Timeout) => "timeout",
         Err(_) => "error",
     };
-    gateway
-        .metrics
-        .upstream(&app.name, endpoint.name(), status_label, trace.vendor_seconds);
+    gateway.metrics.upstream(
+        &app.name,
+        endpoint.name(),
+        status_label,
+        trace.vendor_seconds,
+    );
     let response = result?;
     trace.vendor_status = Some(response.status.as_u16());
     if response.status == http::StatusCode::UNAUTHORIZED {
@@ -181,7 +199,9 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
         .get(&X_REQUEST_ID)
         .filter(|v| {
             let bytes = v.as_bytes();
-            !bytes.is_empty() && bytes.len() <= MAX_REQUEST_ID && bytes.iter().all(|b| b.is_ascii_graphic())
+            !bytes.is_empty()
+                && bytes.len() <= MAX_REQUEST_ID
+                && bytes.iter().all(|b| b.is_ascii_graphic())
         })
         .cloned()
         .unwrap_or_else(|| {
@@ -202,7 +222,10 @@ mod tests {
         h.insert(&X_REQUEST_ID, HeaderValue::from_static("has space"));
         assert_eq!(request_id(&h).len(), 32);
         assert_eq!(request_id(&HeaderMap::new()).len(), 32);
-        h.insert(&X_REQUEST_ID, HeaderValue::try_from("x".repeat(200)).unwrap());
+        h.insert(
+            &X_REQUEST_ID,
+            HeaderValue::try_from("x".repeat(200)).unwrap(),
+        );
         assert_eq!(request_id(&h).len(), 32);
     }
 }

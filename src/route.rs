@@ -191,8 +191,17 @@ mod tests {
     #[test]
     fn easemob_prefix_names_org_and_app() {
         let r = classify(&Method::GET, "/org/app/users/u1/offline_msg_status/42").unwrap();
-        assert_eq!(r.app, AppRef::Easemob { org: "org", app: "app" });
-        assert_eq!((r.endpoint, r.user, r.param), (Endpoint::OfflineMsgStatus, "u1", "42"));
+        assert_eq!(
+            r.app,
+            AppRef::Easemob {
+                org: "org",
+                app: "app"
+            }
+        );
+        assert_eq!(
+            (r.endpoint, r.user, r.param),
+            (Endpoint::OfflineMsgStatus, "u1", "42")
+        );
     }
 
     #[test]
@@ -200,25 +209,46 @@ mod tests {
         let p = "/o/a/users/u/presence";
         assert_eq!(endpoint(Method::POST, p), Endpoint::PresenceBatchGet);
         assert_eq!(endpoint(Method::DELETE, p), Endpoint::PresenceUnsubscribe);
-        assert_eq!(endpoint(Method::POST, "/o/a/users/u/presence/3600"), Endpoint::PresenceSubscribe);
-        assert_eq!(endpoint(Method::GET, "/o/a/users/u/presence/sublist"), Endpoint::PresenceSublist);
+        assert_eq!(
+            endpoint(Method::POST, "/o/a/users/u/presence/3600"),
+            Endpoint::PresenceSubscribe
+        );
+        assert_eq!(
+            endpoint(Method::GET, "/o/a/users/u/presence/sublist"),
+            Endpoint::PresenceSublist
+        );
         let set = classify(&Method::POST, "/o/a/users/u/presence/android_1/1").unwrap();
-        assert_eq!((set.endpoint, set.param, set.status), (Endpoint::PresenceSet, "android_1", "1"));
+        assert_eq!(
+            (set.endpoint, set.param, set.status),
+            (Endpoint::PresenceSet, "android_1", "1")
+        );
     }
 
     #[test]
     fn token_and_messages_are_recognised_under_both_prefixes() {
         assert_eq!(endpoint(Method::POST, "/o/a/token"), Endpoint::Token);
         assert_eq!(endpoint(Method::POST, "/app-id/x/token"), Endpoint::Token);
-        assert_eq!(endpoint(Method::POST, "/app-id/x/messages/users"), Endpoint::MessagesSend);
+        assert_eq!(
+            endpoint(Method::POST, "/app-id/x/messages/users"),
+            Endpoint::MessagesSend
+        );
     }
 
     #[test]
     fn wrong_method_or_unknown_suffix_is_other() {
-        assert_eq!(endpoint(Method::POST, "/o/a/users/u/offline_msg_count"), Endpoint::Other);
+        assert_eq!(
+            endpoint(Method::POST, "/o/a/users/u/offline_msg_count"),
+            Endpoint::Other
+        );
         assert_eq!(endpoint(Method::GET, "/o/a/chatgroups"), Endpoint::Other);
-        assert_eq!(endpoint(Method::GET, "/o/a/users/u/presence/a/b/c/d"), Endpoint::Other);
-        assert_eq!(endpoint(Method::GET, "/o/a/users//offline_msg_count"), Endpoint::Other);
+        assert_eq!(
+            endpoint(Method::GET, "/o/a/users/u/presence/a/b/c/d"),
+            Endpoint::Other
+        );
+        assert_eq!(
+            endpoint(Method::GET, "/o/a/users//offline_msg_count"),
+            Endpoint::Other
+        );
     }
 
     #[test]

@@ -134,7 +134,8 @@ async fn first_byte_arrives(stream: &TcpStream, timeout: Duration) -> bool {
 /// A response with a JSON body.
 pub fn json_response(status: u16, body: Bytes) -> HttpResponse {
     let mut response = Response::new(Full::new(body));
-    *response.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    *response.status_mut() =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),

@@ -30,7 +30,11 @@ pub(super) struct Call<'a> {
 }
 
 /// Runs the endpoint a call names.
-pub(super) fn dispatch(emulator: &Emulator, app: &App, call: Call<'_>) -> Result<HttpResponse, VendorError> {
+pub(super) fn dispatch(
+    emulator: &Emulator,
+    app: &App,
+    call: Call<'_>,
+) -> Result<HttpResponse, VendorError> {
     let route = call.route;
     let user = route.user;
     let now = vendor::now_secs();
@@ -41,7 +45,11 @@ pub(super) fn dispatch(emulator: &Emulator, app: &App, call: Call<'_>) -> Result
         }
         Endpoint::OfflineMsgStatus => {
             let delivered = lock(call.app_data).is_delivered(user, route.param);
-            let status = if delivered { "delivered" } else { "undelivered" };
+            let status = if delivered {
+                "delivered"
+            } else {
+                "undelivered"
+            };
             Ok(envelope(&call, "get", json!({ route.param: status })))
         }
         Endpoint::PresenceSet => {
@@ -64,7 +72,11 @@ pub(super) fn dispatch(emulator: &Emulator, app: &App, call: Call<'_>) -> Result
             if expiry > vendor::MAX_SUBSCRIPTION_SECS {
                 return Err(illegal("expiry is too big, at most 30 days"));
             }
-            let targets = usernames(parse_json(call.body)?.get("usernames"), "usernames", "too many sub presence")?;
+            let targets = usernames(
+                parse_json(call.body)?.get("usernames"),
+                "usernames",
+                "too many sub presence",
+            )?;
             for target in &targets {
                 app.check_user(target)?;
             }
@@ -77,7 +89,11 @@ pub(super) fn dispatch(emulator: &Emulator, app: &App, call: Call<'_>) -> Result
             Ok(result(Value::Array(subscribed)))
         }
         Endpoint::PresenceBatchGet => {
-            let targets = usernames(parse_json(call.body)?.get("usernames"), "usernames", "too many get presences")?;
+            let targets = usernames(
+                parse_json(call.body)?.get("usernames"),
+                "usernames",
+                "too many get presences",
+            )?;
             emulator.stats.batch_size(targets.len());
             let data = lock(call.app_data);
             Ok(result(targets.iter().map(|t| data.presence(t)).collect()))
@@ -85,7 +101,11 @@ pub(super) fn dispatch(emulator: &Emulator, app: &App, call: Call<'_>) -> Result
         Endpoint::PresenceUnsubscribe => {
             // The vendor's table names a `users` field; its example sends a bare array.
             let body = parse_json(call.body)?;
-            let list = if body.is_array() { Some(&body) } else { body.get("users") };
+            let list = if body.is_array() {
+                Some(&body)
+            } else {
+                body.get("users")
+            };
             let targets = usernames(list, "users", "too many unsub presence")?;
             lock(call.app_data).unsubscribe(user, &targets);
             Ok(result(json!("ok")))
@@ -99,8 +119,11 @@ pub(super) fn dispatch(emulator: &Emulator, app: &App, call: Call<'_>) -> Result
             if !(1..=vendor::MAX_PAGE_SIZE).contains(&size) {
                 return Err(illegal("pageSize must be between 1 and 500"));
             }
-            let (total, items) = lock(call.app_data).sublist(user, now, page as usize, size as usize);
-            Ok(result(json!({"totalnum": total.to_string(), "sublist": items})))
+            let (total, items) =
+                lock(call.app_data).sublist(user, now, page as usize, size as usize);
+            Ok(result(
+                json!({"totalnum": total.to_string(), "sublist": items}),
+            ))
         }
         Endpoint::MessagesSend => send_message(emulator, app, &call),
         Endpoint::Token | Endpoint::Other => Err(VendorError::new(
@@ -111,11 +134,17 @@ pub(super) fn dispatch(emulator: &Emulator, app: &App, call: Call<'_>) -> Result
     }
 }
 
-fn send_message(emulator: &Emulator, app: &App, call: &Call<'_>) -> Result<HttpResponse, VendorError> {
+fn send_message(
+    emulator: &Emulator,
+    app: &App,
+    call: &Call<'_>,
+) -> Result<HttpResponse, VendorError> {
     let body = parse_json(call.body)?;
     let to = match body.get("to") {
         Some(Value::String(one)) => vec![one.clone()],
-        Some(list) => string_list(list).ok_or_else(|| illegal("to must be an array of user names"))?,
+        Some(list) => {
+            string_list(list).ok_or_else(|| illegal("to must be an array of user names"))?
+        }
         None => return Err(illegal("to is required")),
     };
     if to.is_empty() || to.len() > MAX_RECIPIENTS {
@@ -142,13 +171,21 @@ fn send_message(emulator: &Emulator, app: &App, call: &Call<'_>) -> Result<HttpR
 }
 
 /// `POST /{org}/{app}/token`: client credentials → a token this emulator will accept.
-pub(super) fn issue_token(app: &App, headers: &HeaderMap, body: &Bytes) -> Result<HttpResponse, VendorError> {
+pub(super) fn issue_token(
+    app: &App,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<HttpResponse, VendorError> {
     let is_json = headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.to_ascii_lowercase().starts_with("application/json"));
     if !is_json {
-        return Err(VendorError::new(415, "web_application", "Unsupported Media Type"));
+        return Err(VendorError::new(
+            415,
+            "web_application",
+            "Unsupported Media Type",
+        ));
     }
     let request = parse_json(body)?;
     let field = |name: &str| request.get(name).and_then(Value::as_str).unwrap_or("");
@@ -172,7 +209,8 @@ pub(super) fn issue_token(app: &App, headers: &HeaderMap, body: &Bytes) -> Resul
     issued.retain(|_, until| until.is_none_or(|u| u > now));
     issued.insert(token.clone(), (ttl > 0).then(|| now + ttl));
     drop(issued);
-    let body = json!({"access_token": token, "expires_in": ttl, "application": app.application_uuid});
+    let body =
+        json!({"access_token": token, "expires_in": ttl, "application": app.application_uuid});
     Ok(json_response(200, Bytes::from(body.to_string())))
 }
 
@@ -205,8 +243,13 @@ fn illegal(msg: &str) -> VendorError {
 }
 
 fn parse_json(body: &[u8]) -> Result<Value, VendorError> {
-    serde_json::from_slice(body)
-        .map_err(|_| VendorError::new(400, "json_parse", "Unexpected character: the body is not valid JSON"))
+    serde_json::from_slice(body).map_err(|_| {
+        VendorError::new(
+            400,
+            "json_parse",
+            "Unexpected character: the body is not valid JSON",
+        )
+    })
 }
 
 fn string_list(value: &Value) -> Option<Vec<String>> {
@@ -219,7 +262,11 @@ fn string_list(value: &Value) -> Option<Vec<String>> {
 
 /// The user names of `list` (the body's `field`): required, strings only, at most 100
 /// (`too_many` otherwise).
-fn usernames(list: Option<&Value>, field: &str, too_many: &str) -> Result<Vec<String>, VendorError> {
+fn usernames(
+    list: Option<&Value>,
+    field: &str,
+    too_many: &str,
+) -> Result<Vec<String>, VendorError> {
     let list = list
         .and_then(string_list)
         .ok_or_else(|| illegal(&format!("{field} must be an array of user names")))?;

@@ -93,7 +93,10 @@ impl Default for Faults {
 impl Faults {
     /// Checks rates and status; names the bad field.
     pub fn validate(&self) -> Result<(), String> {
-        for (name, rate) in [("error_rate", self.error_rate), ("reset_rate", self.reset_rate)] {
+        for (name, rate) in [
+            ("error_rate", self.error_rate),
+            ("reset_rate", self.reset_rate),
+        ] {
             if !(0.0..=1.0).contains(&rate) {
                 return Err(format!("faults.{name}: must be between 0 and 1"));
             }
@@ -170,10 +173,17 @@ impl EmulatorConfig {
                 ],
             };
             if let Some((name, _)) = required.iter().find(|(_, v)| v.is_empty()) {
-                return Err(format!("{}: required for a {:?} app", field(name), app.vendor));
+                return Err(format!(
+                    "{}: required for a {:?} app",
+                    field(name),
+                    app.vendor
+                ));
             }
             if let Some(name) = app.quotas.keys().find(|k| Endpoint::from_name(k).is_none()) {
-                return Err(format!("{}: unknown endpoint", field(&format!("quotas.{name}"))));
+                return Err(format!(
+                    "{}: unknown endpoint",
+                    field(&format!("quotas.{name}"))
+                ));
             }
         }
         self.faults.validate()

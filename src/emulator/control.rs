@@ -64,7 +64,8 @@ impl Stats {
             .map(|(status, n)| (status.to_string(), (*n).into()))
             .collect();
         let sizes = lock(&self.batch_sizes).clone();
-        let body = json!({"requests": requests, "responses": responses, "presence_batch_sizes": sizes});
+        let body =
+            json!({"requests": requests, "responses": responses, "presence_batch_sizes": sizes});
         Bytes::from(body.to_string())
     }
 }
@@ -107,7 +108,9 @@ impl SlidingWindow {
 
 /// Locks a mutex, recovering the data if a panicking thread poisoned it (counters stay usable).
 pub fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
@@ -120,7 +123,10 @@ mod tests {
         let t0 = Instant::now();
         assert!((0..3).all(|i| w.try_admit(t0 + Duration::from_millis(i * 100))));
         assert!(!w.try_admit(t0 + Duration::from_millis(999)));
-        assert!(w.try_admit(t0 + Duration::from_millis(1000)), "the first call left the window");
+        assert!(
+            w.try_admit(t0 + Duration::from_millis(1000)),
+            "the first call left the window"
+        );
         assert!(!w.try_admit(t0 + Duration::from_millis(1050)));
     }
 

@@ -27,7 +27,9 @@ use tokio::net::TcpListener;
 pub use config::{EmulatedApp, EmulatorConfig, Faults};
 
 use crate::route::{classify, AppRef, Endpoint};
-use crate::server::{self, json_response, ConnLimits, ConnectionReset, HandlerResult, HttpResponse};
+use crate::server::{
+    self, json_response, ConnLimits, ConnectionReset, HandlerResult, HttpResponse,
+};
 use crate::token::agora::{ParsedToken, PRIVILEGE_APP};
 use crate::vendor::{self, VendorError, VendorKind};
 use control::{lock, SlidingWindow, Stats};
@@ -136,7 +138,11 @@ impl Emulator {
         body: Incoming,
     ) -> Result<HttpResponse, VendorError> {
         let app = self.app(route.app).ok_or_else(|| {
-            VendorError::new(404, "organization_application_not_found", "Could not find application")
+            VendorError::new(
+                404,
+                "organization_application_not_found",
+                "Could not find application",
+            )
         })?;
         if route.endpoint == Endpoint::Token && app.config.vendor == VendorKind::Easemob {
             app.admit(Endpoint::Token)?;
@@ -206,7 +212,11 @@ impl Emulator {
                 }
             }
             _ => {
-                let err = VendorError::new(404, "service_resource_not_found", "no such control endpoint");
+                let err = VendorError::new(
+                    404,
+                    "service_resource_not_found",
+                    "no such control endpoint",
+                );
                 json_response(404, err.body())
             }
         }
@@ -214,7 +224,10 @@ impl Emulator {
 
     fn faults_response(&self) -> HttpResponse {
         let faults = *lock(&self.faults);
-        json_response(200, Bytes::from(serde_json::to_vec(&faults).unwrap_or_default()))
+        json_response(
+            200,
+            Bytes::from(serde_json::to_vec(&faults).unwrap_or_default()),
+        )
     }
 }
 
@@ -223,7 +236,11 @@ impl App {
         if self.quotas[endpoint.index()].try_admit(Instant::now()) {
             Ok(())
         } else {
-            Err(VendorError::new(429, "reach_limit", "This request has reached api limit"))
+            Err(VendorError::new(
+                429,
+                "reach_limit",
+                "This request has reached api limit",
+            ))
         }
     }
 
@@ -239,7 +256,8 @@ impl App {
     }
 
     fn authenticate(&self, parts: &Parts) -> Result<(), VendorError> {
-        let unauthorized = || VendorError::new(401, "unauthorized", "Unable to authenticate (OAuth)");
+        let unauthorized =
+            || VendorError::new(401, "unauthorized", "Unable to authenticate (OAuth)");
         let corrupt = || {
             VendorError::new(
                 401,
@@ -280,12 +298,16 @@ impl App {
 }
 
 async fn read_body(body: Incoming) -> Result<Bytes, VendorError> {
-    server::read_body(body, MAX_BODY_BYTES).await.map_err(|err| match err {
-        server::BodyError::TooLarge(_) => {
-            VendorError::new(413, "Request Entity Too Large", "Request Entity Too Large")
-        }
-        server::BodyError::Read => VendorError::new(400, "json_parse", "request body could not be read"),
-    })
+    server::read_body(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|err| match err {
+            server::BodyError::TooLarge(_) => {
+                VendorError::new(413, "Request Entity Too Large", "Request Entity Too Large")
+            }
+            server::BodyError::Read => {
+                VendorError::new(400, "json_parse", "request body could not be read")
+            }
+        })
 }
 
 fn bad_request(msg: String) -> HttpResponse {
@@ -299,5 +321,12 @@ fn chance(rate: f64) -> bool {
 fn random_uuid() -> String {
     let b: [u8; 16] = rand::random();
     let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
 }

@@ -138,7 +138,13 @@ impl AppData {
     }
 
     /// Live subscriptions of `name`, ordered by user: (total, the requested page).
-    pub fn sublist(&mut self, name: &str, now: u64, page: usize, size: usize) -> (usize, Vec<Value>) {
+    pub fn sublist(
+        &mut self,
+        name: &str,
+        now: u64,
+        page: usize,
+        size: usize,
+    ) -> (usize, Vec<Value>) {
         let Some(user) = self.users.get_mut(name) else {
             return (0, Vec::new());
         };
@@ -193,7 +199,10 @@ mod tests {
         app.set_presence("c2", "android", "1", "a", 100);
         app.set_presence("c2", "ios_9", "0", "b", 200);
         let p = app.presence("c2");
-        assert_eq!(p, json!({"uid":"c2","last_time":"200","ext":"b","status":{"android":"1","ios_9":"0"}}));
+        assert_eq!(
+            p,
+            json!({"uid":"c2","last_time":"200","ext":"b","status":{"android":"1","ios_9":"0"}})
+        );
         assert_eq!(app.presence("nobody")["status"], json!({}));
     }
 
@@ -206,8 +215,14 @@ mod tests {
         );
         let result = app.subscribe("u", &names(&["a", "b"]), 50, 0, 2).unwrap();
         assert_eq!(result[0]["expiry"], "50");
-        assert_eq!(app.subscribe("u", &names(&["c"]), 50, 0, 2), Err(SubscribeError::TooMany));
-        assert!(app.subscribe("u", &names(&["a"]), 90, 0, 2).is_ok(), "renewal is not new");
+        assert_eq!(
+            app.subscribe("u", &names(&["c"]), 50, 0, 2),
+            Err(SubscribeError::TooMany)
+        );
+        assert!(
+            app.subscribe("u", &names(&["a"]), 90, 0, 2).is_ok(),
+            "renewal is not new"
+        );
         assert_eq!(app.sublist("u", 60, 1, 10).0, 1, "b expired at 50");
         app.unsubscribe("u", &names(&["a"]));
         assert_eq!(app.sublist("u", 60, 1, 10).0, 0);
@@ -216,7 +231,8 @@ mod tests {
     #[test]
     fn sublist_pages_in_user_order() {
         let mut app = AppData::default();
-        app.subscribe("u", &names(&["c", "a", "b"]), 100, 0, 10).unwrap();
+        app.subscribe("u", &names(&["c", "a", "b"]), 100, 0, 10)
+            .unwrap();
         let (total, page) = app.sublist("u", 1, 2, 2);
         assert_eq!(total, 3);
         assert_eq!(page, vec![json!({"uid":"c","expiry":"100"})]);

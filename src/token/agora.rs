@@ -122,7 +122,9 @@ impl ParsedToken {
     /// Parses a token string; does not check the signature (see [`ParsedToken::verify`]).
     pub fn parse(token: &str) -> Result<ParsedToken, ParseError> {
         let encoded = token.strip_prefix(VERSION).ok_or(ParseError::Version)?;
-        let compressed = STANDARD.decode(encoded).map_err(|_| ParseError::Malformed)?;
+        let compressed = STANDARD
+            .decode(encoded)
+            .map_err(|_| ParseError::Malformed)?;
         let mut payload = Vec::new();
         ZlibDecoder::new(compressed.as_slice())
             .take(MAX_PAYLOAD)
@@ -191,7 +193,8 @@ impl<'a> Reader<'a> {
         self.take(2).map(|b| u16::from_le_bytes([b[0], b[1]]))
     }
     fn u32(&mut self) -> Option<u32> {
-        self.take(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        self.take(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
     fn str(&mut self) -> Option<&'a [u8]> {
         let len = self.u16()?;
@@ -309,7 +312,10 @@ mod tests {
     fn garbage_is_rejected_without_panicking() {
         assert_eq!(ParsedToken::parse("abc"), Err(ParseError::Version));
         assert_eq!(ParsedToken::parse("007!!!"), Err(ParseError::Malformed));
-        assert_eq!(ParsedToken::parse("007eJwDAAAAAAE="), Err(ParseError::Malformed));
+        assert_eq!(
+            ParsedToken::parse("007eJwDAAAAAAE="),
+            Err(ParseError::Malformed)
+        );
         let mut token = TokenSpec::app("a", 1, 1, 1).build("c");
         token.truncate(token.len() - 8);
         assert!(ParsedToken::parse(&token).is_err());

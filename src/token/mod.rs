@@ -131,7 +131,8 @@ impl TokenSource {
                 expire_secs,
             } => {
                 let issue_ts = u32::try_from(vendor::now_secs()).unwrap_or(u32::MAX);
-                let spec = agora::TokenSpec::app(app_id, issue_ts, *expire_secs, agora::random_salt());
+                let spec =
+                    agora::TokenSpec::app(app_id, issue_ts, *expire_secs, agora::random_salt());
                 let lifetime = Duration::from_secs(u64::from(*expire_secs));
                 app_token(&spec.build(certificate.expose_secret()), Some(lifetime))
             }
@@ -141,7 +142,10 @@ impl TokenSource {
                 client_id,
                 client_secret,
                 ttl_secs,
-            } => self.fetch_easemob(upstream, org, app, client_id, client_secret, *ttl_secs).await,
+            } => {
+                self.fetch_easemob(upstream, org, app, client_id, client_secret, *ttl_secs)
+                    .await
+            }
         }
     }
 
@@ -174,7 +178,10 @@ impl TokenSource {
         if !response.status.is_success() {
             return Err(TokenError::Rejected {
                 status: response.status.as_u16(),
-                error: parsed["error"].as_str().unwrap_or("no error name").to_owned(),
+                error: parsed["error"]
+                    .as_str()
+                    .unwrap_or("no error name")
+                    .to_owned(),
             });
         }
         let rejected = |what: &str| TokenError::Rejected {
@@ -194,12 +201,16 @@ impl TokenSource {
 }
 
 fn app_token(token: &str, lifetime: Option<Duration>) -> Result<AppToken, TokenError> {
-    let mut header = HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| TokenError::Unusable)?;
+    let mut header =
+        HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| TokenError::Unusable)?;
     header.set_sensitive(true);
     let now = Instant::now();
     let (expires_at, refresh_after) = match lifetime {
         Some(life) => (now + life, life.mul_f64(REFRESH_FRACTION)),
-        None => (now + Duration::from_secs(100 * 365 * 24 * 3600), NEVER_EXPIRES_REFRESH),
+        None => (
+            now + Duration::from_secs(100 * 365 * 24 * 3600),
+            NEVER_EXPIRES_REFRESH,
+        ),
     };
     Ok(AppToken {
         header,

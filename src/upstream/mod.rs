@@ -75,7 +75,10 @@ impl Upstream {
     }
 
     /// Sends a request and buffers the response, within the configured timeout.
-    pub async fn send(&self, request: Request<Full<Bytes>>) -> Result<VendorResponse, UpstreamError> {
+    pub async fn send(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<VendorResponse, UpstreamError> {
         let call = async {
             let response = self.client.request(request).await.map_err(|err| {
                 if err.is_connect() {
@@ -172,8 +175,14 @@ mod tests {
     #[test]
     fn forwarded_headers_drop_hop_by_hop_and_caller_credentials() {
         let mut h = HeaderMap::new();
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer caller-key"));
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-private"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer caller-key"),
+        );
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
         h.insert("x-private", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::HOST, HeaderValue::from_static("imgate"));
@@ -191,6 +200,9 @@ mod tests {
     fn vendor_uri_keeps_path_and_query() {
         let base: Uri = "https://a1.easemob.com".parse().unwrap();
         let uri = vendor_uri(&base, "/o/a/users/u/presence/sublist?pageNum=1&pageSize=5").unwrap();
-        assert_eq!(uri.to_string(), "https://a1.easemob.com/o/a/users/u/presence/sublist?pageNum=1&pageSize=5");
+        assert_eq!(
+            uri.to_string(),
+            "https://a1.easemob.com/o/a/users/u/presence/sublist?pageNum=1&pageSize=5"
+        );
     }
 }

@@ -59,14 +59,24 @@ impl TestEmulator {
 
     /// The Easemob demo app's prefix URL.
     pub fn easemob(&self) -> String {
-        format!("{}/{}/{}", self.base(), demo::EASEMOB_ORG, demo::EASEMOB_APP)
+        format!(
+            "{}/{}/{}",
+            self.base(),
+            demo::EASEMOB_ORG,
+            demo::EASEMOB_APP
+        )
     }
 
     /// `GET /__emulator/stats`.
     pub async fn stats(&self) -> Value {
-        http(Method::GET, &format!("{}/__emulator/stats", self.base()), &[], None)
-            .await
-            .json()
+        http(
+            Method::GET,
+            &format!("{}/__emulator/stats", self.base()),
+            &[],
+            None,
+        )
+        .await
+        .json()
     }
 
     /// Requests counted for one endpoint name.
@@ -167,7 +177,13 @@ impl Http {
     }
 
     /// Sends a request; panics on a transport error.
-    pub async fn send(&self, method: Method, url: &str, headers: &[(&str, &str)], body: Option<&str>) -> Resp {
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Resp {
         self.try_send(method, url, headers, body)
             .await
             .unwrap_or_else(|e| panic!("{url}: {e}"))
@@ -188,7 +204,11 @@ impl Http {
         let body = Full::new(Bytes::from(body.unwrap_or("").to_owned()));
         let resp = self.client.request(req.body(body).unwrap()).await?;
         let (parts, body) = resp.into_parts();
-        let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+        let body = body
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
         Ok(Resp {
             status: parts.status,
             headers: parts.headers,
@@ -196,3 +216,84 @@ impl Http {
         })
     }
 }
+
+/// A running gateway (API and admin listeners on ephemeral ports); stops when dropped.
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub gateway: Arc<imgate::Gateway>,
+    _stop: oneshot::Sender<()>,
+}
+
+/// The demo configuration with `upstream` as every app's vendor, ready to adjust.
+pub fn demo_config(upstream: &str) -> imgate::config::RawConfig {
+    let mut raw = imgate::config::RawConfig::parse(imgate::demo::CONFIG).unwrap();
+    for app in &mut raw.apps {
+        app.upstream = upstream.to_owned();
+    }
+    raw
+}
+
+impl TestGateway {
+    /// Starts a gateway with `raw` (listen addresses are replaced by ephemeral ports).
+    pub async fn start(raw: imgate::config::RawConfig) -> TestGateway {
+        let settings = raw.validate().expect("valid test config");
+        let listeners = imgate::Listeners {
+            api: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            admin: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        };
+        let addr = listeners.api.local_addr().unwrap();
+        let admin = listeners.admin.local_addr().unwrap();
+        let gateway = imgate::Gateway::new(settings, prometheus::Registry::new()).unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(imgate::run(listeners, gateway.clone(), async move {
+            let _ = stopped.await;
+        }));
+        TestGateway {
+            addr,
+            admin,
+            gateway,
+            _stop: stop,
+        }
+    }
+
+    /// A gateway with the demo configuration in front of `emulator`.
+    pub async fn demo(emulator: &TestEmulator) -> TestGateway {
+        TestGateway::start(demo_config(&emulator.base())).await
+    }
+
+    /// `http://127.0.0.1:port`.
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The Agora demo app's prefix URL on the gateway.
+    pub fn agora(&self) -> String {
+        format!("{}/app-id/{}", self.base(), demo::AGORA_APP_ID)
+    }
+
+    /// The Easemob demo app's prefix URL on the gateway.
+    pub fn easemob(&self) -> String {
+        format!(
+            "{}/{}/{}",
+            self.base(),
+            demo::EASEMOB_ORG,
+            demo::EASEMOB_APP
+        )
+    }
+
+    /// The admin listener's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        http(
+            Method::GET,
+            &format!("http://{}/metrics", self.admin),
+            &[],
+            None,
+        )
+        .await
+        .text()
+    }
+}
+
+/// The demo client's credentials header.
+pub const DEMO_AUTH: (&str, &str) = ("authorization", "Bearer demo-key");
