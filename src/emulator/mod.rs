@@ -158,10 +158,12 @@ impl Emulator {
         let request = api::Call {
             app_data: &app.data,
             route,
+            // HTTP/2 carries the authority in the URI (`:authority`), not in a Host header.
             host: parts
                 .headers
                 .get(header::HOST)
                 .and_then(|h| h.to_str().ok())
+                .or_else(|| parts.uri.authority().map(|a| a.as_str()))
                 .unwrap_or("localhost"),
             path: parts.uri.path(),
             query: parts.uri.query().unwrap_or(""),
