@@ -214,6 +214,25 @@ async fn offline_count_answers_with_the_vendor_envelope() {
 }
 
 #[tokio::test]
+async fn envelope_uri_names_the_requested_authority_over_http2_too() {
+    let emu = TestEmulator::demo().await;
+    for_both(&emu, async |p| {
+        // HTTP/2 carries the authority in `:authority`, not in a Host header.
+        let h2 = Prefix {
+            http: Http::h2(),
+            label: p.label,
+            url: p.url.clone(),
+            auth: p.auth.clone(),
+        };
+        let resp = h2.get("/users/u1/offline_msg_count").await;
+        assert_eq!(resp.version, http::Version::HTTP_2);
+        let data = envelope(&resp, &h2, "/users/u1/offline_msg_count", "get");
+        assert_eq!(data, json!({"u1": 0}));
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn offline_status_answers_with_the_vendor_envelope() {
     let emu = TestEmulator::demo().await;
     for_both(&emu, async |p| {

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, StatusCode};
+use http::{HeaderMap, Method, Request, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -116,6 +116,7 @@ pub fn agora_token(expire: u32) -> String {
 #[derive(Debug)]
 pub struct Resp {
     pub status: StatusCode,
+    pub version: Version,
     pub headers: HeaderMap,
     pub body: Bytes,
 }
@@ -176,6 +177,16 @@ impl Http {
         }
     }
 
+    /// A client that speaks HTTP/2 only, without upgrade (h2c prior knowledge), as gRPC-style
+    /// clients and `curl --http2-prior-knowledge` do.
+    pub fn h2() -> Http {
+        Http {
+            client: Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build_http(),
+        }
+    }
+
     /// Sends a request; panics on a transport error.
     pub async fn send(
         &self,
@@ -211,6 +222,7 @@ impl Http {
             .unwrap_or_default();
         Ok(Resp {
             status: parts.status,
+            version: parts.version,
             headers: parts.headers,
             body,
         })
