@@ -1,20 +1,35 @@
-//! Caller identity: `Authorization: Bearer <client key>` → the configured client.
+//! Caller identity: `Authorization: Bearer <credential>` → the configured client, where the
+//! credential is the client's key or a client token that imgate issued for it.
 //!
-//! Keys are stored only as SHA-256 digests. A presented key is hashed and looked up by digest,
-//! so the comparison never runs over the secret itself and timing reveals nothing useful.
+//! Keys are stored only as SHA-256 digests and compared digest to digest in constant time,
+//! against every client, so timing tells nothing about which keys exist.
+//!
+//! Client tokens let a backend that uses a vendor SDK move behind imgate by changing only its
+//! base URL and credentials: the SDK's `POST {prefix}/token` with the client's name and key gets
+//! a signed, expiring token naming the client. The signature covers the client's key digest,
+//! so changing a client's key invalidates its tokens.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use hmac::{Hmac, Mac};
 use http::header::{HeaderMap, AUTHORIZATION};
+use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
 use crate::config::ClientSettings;
+
+/// Client tokens start with this, so they are never mistaken for keys.
+const CLIENT_TOKEN_PREFIX: &str = "imgt1.";
 
 /// A configured client, as the request path sees it.
 #[derive(Debug)]
 pub struct Client {
     /// Its name (metrics and logs; never its key).
     pub name: String,
+    key_sha256: [u8; 32],
     /// The app indices it may use; `None` for all.
     allowed: Option<Vec<usize>>,
 }
@@ -28,11 +43,11 @@ impl Client {
     }
 }
 
-/// Every configured client, by key digest.
+/// Every configured client.
 #[derive(Debug, Default)]
 pub struct Clients {
     list: Vec<Client>,
-    by_digest: HashMap<[u8; 32], usize>,
+    by_name: HashMap<String, usize>,
 }
 
 impl Clients {
@@ -46,18 +61,123 @@ impl Clients {
                 .map(|names| names.iter().filter_map(|n| app_index(n)).collect());
             clients.list.push(Client {
                 name: c.name.clone(),
+                key_sha256: c.key_sha256,
                 allowed,
             });
-            clients.by_digest.insert(c.key_sha256, i);
+            clients.by_name.insert(c.name.clone(), i);
         }
         clients
     }
 
-    /// The client whose key the request carries, if any.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Option<&Client> {
-        let key = bearer(headers)?;
+    /// The client whose key or client token the request carries, if any.
+    pub fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        tokens: &ClientTokenKey,
+        now_unix: u64,
+    ) -> Option<&Client> {
+        let credential = bearer(headers)?;
+        match credential.strip_prefix(CLIENT_TOKEN_PREFIX) {
+            Some(token) => tokens.verify(token, now_unix, |name| self.by_name(name)),
+            None => self.by_key(credential),
+        }
+    }
+
+    /// The client with this key (compared in constant time against every client).
+    pub fn by_key(&self, key: &str) -> Option<&Client> {
         let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-        self.by_digest.get(&digest).map(|&i| &self.list[i])
+        self.list.iter().fold(None, |found, c| {
+            if digests_equal(&c.key_sha256, &digest) {
+                Some(c)
+            } else {
+                found
+            }
+        })
+    }
+
+    /// The client named `name`.
+    pub fn by_name(&self, name: &str) -> Option<&Client> {
+        self.by_name.get(name).map(|&i| &self.list[i])
+    }
+}
+
+impl Client {
+    /// Whether `key` is this client's key (constant time).
+    pub fn has_key(&self, key: &str) -> bool {
+        digests_equal(&self.key_sha256, &Sha256::digest(key.as_bytes()).into())
+    }
+}
+
+/// Compares two digests without an early exit.
+pub fn digests_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// The key that signs and checks client tokens.
+pub struct ClientTokenKey {
+    key: Vec<u8>,
+}
+
+impl std::fmt::Debug for ClientTokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientTokenKey([REDACTED])")
+    }
+}
+
+impl ClientTokenKey {
+    /// The configured key, or a random one for this process.
+    pub fn new(configured: Option<&SecretString>) -> ClientTokenKey {
+        let key = match configured {
+            Some(secret) => secret.expose_secret().as_bytes().to_vec(),
+            None => rand::random::<[u8; 32]>().to_vec(),
+        };
+        ClientTokenKey { key }
+    }
+
+    /// A token for `client`, valid until `now_unix + ttl`.
+    pub fn issue(&self, client: &Client, now_unix: u64, ttl: Duration) -> String {
+        let mut payload = now_unix
+            .saturating_add(ttl.as_secs())
+            .to_le_bytes()
+            .to_vec();
+        payload.extend_from_slice(client.name.as_bytes());
+        let mac = self
+            .mac(&payload, &client.key_sha256)
+            .finalize()
+            .into_bytes();
+        format!(
+            "{CLIENT_TOKEN_PREFIX}{}.{}",
+            URL_SAFE_NO_PAD.encode(&payload),
+            URL_SAFE_NO_PAD.encode(mac)
+        )
+    }
+
+    /// The client a token (without its prefix) names, if the signature holds and it has not
+    /// expired.
+    fn verify<'c>(
+        &self,
+        token: &str,
+        now_unix: u64,
+        client_named: impl Fn(&str) -> Option<&'c Client>,
+    ) -> Option<&'c Client> {
+        let (payload, mac) = token.split_once('.')?;
+        let payload = URL_SAFE_NO_PAD.decode(payload).ok()?;
+        let mac = URL_SAFE_NO_PAD.decode(mac).ok()?;
+        let expiry = u64::from_le_bytes(payload.get(..8)?.try_into().ok()?);
+        let client = client_named(std::str::from_utf8(&payload[8..]).ok()?)?;
+        self.mac(&payload, &client.key_sha256)
+            .verify_slice(&mac)
+            .ok()?;
+        (now_unix < expiry).then_some(client)
+    }
+
+    fn mac(&self, payload: &[u8], key_sha256: &[u8; 32]) -> Hmac<Sha256> {
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC takes any key length");
+        mac.update(payload);
+        mac.update(key_sha256);
+        mac
     }
 }
 
@@ -96,34 +216,88 @@ mod tests {
         h
     }
 
+    fn authenticate<'c>(c: &'c Clients, value: &str) -> Option<&'c Client> {
+        let h = if value.is_empty() {
+            HeaderMap::new()
+        } else {
+            headers(value)
+        };
+        c.authenticate(&h, &ClientTokenKey::new(None), 1_000)
+    }
+
     #[test]
     fn a_known_key_names_its_client() {
         let c = clients();
-        assert_eq!(
-            c.authenticate(&headers("Bearer key-all")).unwrap().name,
-            "all"
-        );
-        assert_eq!(
-            c.authenticate(&headers("bearer  key-one ")).unwrap().name,
-            "one"
-        );
+        assert_eq!(authenticate(&c, "Bearer key-all").unwrap().name, "all");
+        assert_eq!(authenticate(&c, "bearer  key-one ").unwrap().name, "one");
     }
 
     #[test]
     fn missing_unknown_or_malformed_credentials_are_refused() {
         let c = clients();
-        assert!(c.authenticate(&HeaderMap::new()).is_none());
-        assert!(c.authenticate(&headers("Bearer nope")).is_none());
-        assert!(c.authenticate(&headers("Basic key-all")).is_none());
-        assert!(c.authenticate(&headers("Bearer ")).is_none());
+        for value in [
+            "",
+            "Bearer nope",
+            "Basic key-all",
+            "Bearer ",
+            "Bearer imgt1.x.y",
+        ] {
+            assert!(authenticate(&c, value).is_none(), "{value}");
+        }
     }
 
     #[test]
     fn clients_are_limited_to_their_apps() {
         let c = clients();
-        let one = c.authenticate(&headers("Bearer key-one")).unwrap();
+        let one = authenticate(&c, "Bearer key-one").unwrap();
         assert!(!one.may_use(0) && one.may_use(1));
-        let all = c.authenticate(&headers("Bearer key-all")).unwrap();
+        let all = authenticate(&c, "Bearer key-all").unwrap();
         assert!(all.may_use(0) && all.may_use(1));
+    }
+
+    #[test]
+    fn client_tokens_name_their_client_until_they_expire() {
+        let c = clients();
+        let key = ClientTokenKey::new(None);
+        let token = key.issue(c.by_name("one").unwrap(), 1_000, Duration::from_secs(60));
+        let h = headers(&format!("Bearer {token}"));
+        assert_eq!(c.authenticate(&h, &key, 1_059).unwrap().name, "one");
+        assert!(c.authenticate(&h, &key, 1_060).is_none(), "expired");
+        let other_key = ClientTokenKey::new(None);
+        assert!(
+            c.authenticate(&h, &other_key, 1_000).is_none(),
+            "another signing key"
+        );
+    }
+
+    #[test]
+    fn forged_or_rekeyed_client_tokens_are_refused() {
+        let c = clients();
+        let key = ClientTokenKey::new(None);
+        let token = key.issue(c.by_name("one").unwrap(), 1_000, Duration::from_secs(60));
+        let (payload, mac) = token
+            .trim_start_matches(CLIENT_TOKEN_PREFIX)
+            .split_once('.')
+            .unwrap();
+        // Claim another client's name with the same signature.
+        let mut forged = URL_SAFE_NO_PAD.decode(payload).unwrap();
+        forged.truncate(8);
+        forged.extend_from_slice(b"all");
+        let forged = format!(
+            "Bearer {CLIENT_TOKEN_PREFIX}{}.{mac}",
+            URL_SAFE_NO_PAD.encode(forged)
+        );
+        assert!(c.authenticate(&headers(&forged), &key, 1_000).is_none());
+        // The same client name with a new key: its old tokens stop working.
+        let rekeyed = Clients::new(
+            &[ClientSettings {
+                name: "one".into(),
+                key_sha256: Sha256::digest(b"new-key").into(),
+                apps: None,
+            }],
+            |_| None,
+        );
+        let h = headers(&format!("Bearer {token}"));
+        assert!(rekeyed.authenticate(&h, &key, 1_000).is_none());
     }
 }

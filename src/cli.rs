@@ -124,7 +124,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 .and_then(|raw| raw.validate())
                 .map_err(|e| CliError::Config(e.to_string()))?;
             init_logging();
-            runtime()?.block_on(serve(settings))
+            runtime()?.block_on(serve(settings, config))
         }
         Command::Demo {
             listen,
@@ -171,7 +171,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
-async fn serve(settings: Settings) -> Result<(), CliError> {
+async fn serve(settings: Settings, config: PathBuf) -> Result<(), CliError> {
     let listeners = bind_gateway(&settings).await?;
     let apps: Vec<String> = settings.apps.iter().map(|a| a.name.clone()).collect();
     tracing::info!(
@@ -181,7 +181,8 @@ async fn serve(settings: Settings) -> Result<(), CliError> {
         clients = settings.clients.len(),
         "imgate serving"
     );
-    let gateway = new_gateway(settings)?;
+    let gateway = new_gateway(settings, Some(config))?;
+    reload_on_sighup(gateway.clone());
     crate::run(listeners, gateway, shutdown_signal()).await;
     Ok(())
 }
@@ -189,7 +190,7 @@ async fn serve(settings: Settings) -> Result<(), CliError> {
 async fn run_demo(addrs: DemoAddrs, settings: Settings) -> Result<(), CliError> {
     let emulator_listener = bind(addrs.emulator_listen).await?;
     let listeners = bind_gateway(&settings).await?;
-    let gateway = new_gateway(settings)?;
+    let gateway = new_gateway(settings, None)?;
     let emulator = Emulator::new(EmulatorConfig::demo());
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let stopped_too = stopped.clone();
@@ -220,8 +221,33 @@ async fn bind_gateway(settings: &Settings) -> Result<Listeners, CliError> {
     })
 }
 
-fn new_gateway(settings: Settings) -> Result<std::sync::Arc<Gateway>, CliError> {
-    Gateway::new(settings, prometheus::Registry::new())
+/// SIGHUP re-reads the configuration file and its secrets; a bad one keeps the running config.
+fn reload_on_sighup(gateway: std::sync::Arc<Gateway>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; reloads are off");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            match gateway.reload().await {
+                Ok(()) => {}
+                Err(err) => {
+                    tracing::error!(error = %err, "configuration reload refused; the running configuration stays")
+                }
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    drop(gateway);
+}
+
+fn new_gateway(
+    settings: Settings,
+    config: Option<PathBuf>,
+) -> Result<std::sync::Arc<Gateway>, CliError> {
+    Gateway::new(settings, prometheus::Registry::new(), config)
         .map_err(|e| CliError::Runtime(format!("cannot register metrics: {e}")))
 }
 

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::server::ConnLimits;
+use crate::token::TokenPolicy;
 use crate::vendor::{self, VendorKind};
 
 /// A configuration problem, naming the field at fault (`apps[1].app_id: …`).
@@ -45,6 +46,12 @@ pub struct RawConfig {
     /// Admin API settings.
     #[serde(default)]
     pub admin: RawAdmin,
+    /// App-token renewal policy.
+    #[serde(default)]
+    pub tokens: RawTokens,
+    /// Client tokens issued by imgate's SDK-compatible token endpoint.
+    #[serde(default)]
+    pub client_tokens: RawClientTokens,
     /// The vendor apps imgate fronts.
     #[serde(default)]
     pub apps: Vec<RawApp>,
@@ -120,6 +127,55 @@ pub struct RawAdmin {
     pub key: Option<String>,
 }
 
+/// `[tokens]`: how app tokens are renewed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawTokens {
+    /// Renew once this fraction of a token's lifetime has passed.
+    pub refresh_fraction: f64,
+    /// Renew up to this fraction earlier, at random.
+    pub refresh_jitter: f64,
+    /// Most calls to an Easemob app's token endpoint per minute.
+    pub max_fetches_per_minute: u32,
+    /// First retry delay after a failed renewal, ms (doubles per failure).
+    pub retry_initial_ms: u64,
+    /// Longest retry delay, ms.
+    pub retry_max_ms: u64,
+}
+
+impl Default for RawTokens {
+    fn default() -> Self {
+        let policy = TokenPolicy::default();
+        RawTokens {
+            refresh_fraction: policy.refresh_fraction,
+            refresh_jitter: policy.refresh_jitter,
+            max_fetches_per_minute: policy.max_fetches_per_minute,
+            retry_initial_ms: policy.retry_initial.as_millis() as u64,
+            retry_max_ms: policy.retry_max.as_millis() as u64,
+        }
+    }
+}
+
+/// `[client_tokens]`: tokens imgate issues to callers at `POST {prefix}/token`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawClientTokens {
+    /// Lifetime of an issued client token, seconds (callers may ask for less with `ttl`).
+    pub ttl_secs: u64,
+    /// Key that signs client tokens; a secret. Absent: a random key per process (tokens then
+    /// do not survive a restart nor work across replicas).
+    pub signing_key: Option<String>,
+}
+
+impl Default for RawClientTokens {
+    fn default() -> Self {
+        RawClientTokens {
+            ttl_secs: 86_400,
+            signing_key: None,
+        }
+    }
+}
+
 /// One `[[apps]]` entry.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -188,6 +244,12 @@ pub struct Settings {
     pub upstream: UpstreamSettings,
     /// Admin API key.
     pub admin_key: Option<SecretString>,
+    /// App-token renewal policy.
+    pub token_policy: TokenPolicy,
+    /// Lifetime of issued client tokens.
+    pub client_token_ttl: Duration,
+    /// Key that signs client tokens, when configured.
+    pub client_token_key: Option<SecretString>,
     /// The apps.
     pub apps: Vec<AppSettings>,
     /// The clients.
@@ -292,6 +354,7 @@ impl RawConfig {
             }
         };
         mask(&mut masked.admin.key);
+        mask(&mut masked.client_tokens.signing_key);
         for app in &mut masked.apps {
             mask(&mut app.app_certificate);
             mask(&mut app.client_secret);
@@ -378,7 +441,60 @@ impl RawConfig {
             .as_deref()
             .map(|k| resolve_secret("admin.key", k))
             .transpose()?;
+        let t = &self.tokens;
+        if !(t.refresh_fraction > 0.0 && t.refresh_fraction < 1.0) {
+            return Err(bad(
+                "tokens.refresh_fraction",
+                "must be between 0 and 1 (exclusive)",
+            ));
+        }
+        if !(0.0..1.0).contains(&t.refresh_jitter) {
+            return Err(bad(
+                "tokens.refresh_jitter",
+                "must be at least 0 and below 1",
+            ));
+        }
+        if t.max_fetches_per_minute == 0 {
+            return Err(bad(
+                "tokens.max_fetches_per_minute",
+                "must be greater than 0",
+            ));
+        }
+        if t.retry_max_ms < t.retry_initial_ms {
+            return Err(bad(
+                "tokens.retry_max_ms",
+                "must be at least retry_initial_ms",
+            ));
+        }
+        let token_policy = TokenPolicy {
+            refresh_fraction: t.refresh_fraction,
+            refresh_jitter: t.refresh_jitter,
+            max_fetches_per_minute: t.max_fetches_per_minute,
+            retry_initial: Duration::from_millis(t.retry_initial_ms),
+            retry_max: Duration::from_millis(t.retry_max_ms),
+        };
+        let ct = &self.client_tokens;
+        if ct.ttl_secs == 0 {
+            return Err(bad("client_tokens.ttl_secs", "must be greater than 0"));
+        }
+        let client_token_key = ct
+            .signing_key
+            .as_deref()
+            .map(|k| resolve_secret("client_tokens.signing_key", k))
+            .transpose()?;
+        if client_token_key
+            .as_ref()
+            .is_some_and(|k| k.expose_secret().len() < 32)
+        {
+            return Err(bad(
+                "client_tokens.signing_key",
+                "must be at least 32 characters",
+            ));
+        }
         Ok(Settings {
+            token_policy,
+            client_token_ttl: Duration::from_secs(ct.ttl_secs),
+            client_token_key,
             listen: address("server.listen", &s.listen)?,
             admin_listen: address("server.admin_listen", &s.admin_listen)?,
             max_body_bytes: s.max_body_bytes,

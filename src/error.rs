@@ -27,11 +27,15 @@ pub enum GatewayError {
     /// The request body could not be read.
     #[error("request body could not be read")]
     BodyUnreadable,
-    /// Client tokens from `POST {prefix}/token` are not issued by this version.
-    #[error(
-        "imgate does not issue client tokens yet: send your imgate client key as the Bearer token"
-    )]
-    TokenEndpoint,
+    /// The token endpoint got wrong client credentials.
+    #[error("client_id or client_secret does not match")]
+    InvalidGrant,
+    /// A JSON endpoint got another content type.
+    #[error("Unsupported Media Type")]
+    UnsupportedMediaType,
+    /// A body that should be JSON is not.
+    #[error("the request body is not valid JSON")]
+    BadJson,
     /// An endpoint imgate does not know, with `upstream.forward_other = false`.
     #[error("this endpoint is not forwarded by imgate")]
     OtherNotForwarded,
@@ -61,7 +65,9 @@ impl GatewayError {
     /// HTTP status of the answer.
     pub fn status(&self) -> u16 {
         match self {
-            GatewayError::NoRoute | GatewayError::UnknownApp | GatewayError::TokenEndpoint => 404,
+            GatewayError::NoRoute | GatewayError::UnknownApp => 404,
+            GatewayError::InvalidGrant | GatewayError::BadJson => 400,
+            GatewayError::UnsupportedMediaType => 415,
             GatewayError::Unauthenticated => 401,
             GatewayError::Forbidden | GatewayError::OtherNotForwarded => 403,
             GatewayError::BodyTooLarge(_) => 413,
@@ -82,7 +88,10 @@ impl GatewayError {
             GatewayError::Forbidden => "imgate_forbidden",
             GatewayError::BodyTooLarge(_) => "imgate_body_too_large",
             GatewayError::BodyUnreadable => "imgate_bad_request",
-            GatewayError::TokenEndpoint => "imgate_token_endpoint_unavailable",
+            // The vendor's names, which vendor SDKs understand.
+            GatewayError::InvalidGrant => "invalid_grant",
+            GatewayError::UnsupportedMediaType => "web_application",
+            GatewayError::BadJson => "json_parse",
             GatewayError::OtherNotForwarded => "imgate_endpoint_not_forwarded",
             GatewayError::Token(_) => "imgate_token_unavailable",
             GatewayError::Upstream(UpstreamError::Timeout) => "imgate_upstream_timeout",
@@ -101,7 +110,9 @@ impl GatewayError {
             | GatewayError::Forbidden
             | GatewayError::BodyTooLarge(_)
             | GatewayError::BodyUnreadable
-            | GatewayError::TokenEndpoint
+            | GatewayError::InvalidGrant
+            | GatewayError::UnsupportedMediaType
+            | GatewayError::BadJson
             | GatewayError::OtherNotForwarded => Fault::Caller,
             GatewayError::Token(_) | GatewayError::UpstreamUnauthorized => Fault::Imgate,
             GatewayError::Upstream(_) => Fault::Vendor,

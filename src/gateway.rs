@@ -1,27 +1,31 @@
 //! The gateway's shared state ([`Gateway`]) and its one entry point, [`run`], which `main` and
 //! the integration tests both call with listeners they bound themselves.
+//!
+//! What a reload may change (apps, credentials, clients, limits) lives in a [`Snapshot`] that is
+//! swapped atomically: each request works with the snapshot it started with, so a reload never
+//! fails an in-flight request, and new app tokens are obtained before the swap.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Method, Uri};
-use hyper::body::Incoming;
-use hyper::Request;
+use arc_swap::ArcSwap;
+use http::Uri;
 use prometheus::Registry;
-use secrecy::SecretString;
+use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::auth::Clients;
-use crate::config::{Credentials, Settings};
+use crate::auth::{ClientTokenKey, Clients};
+use crate::config::{ConfigError, Credentials, RawConfig, Settings};
 use crate::metrics::Metrics;
-use crate::pipeline;
 use crate::route::AppRef;
-use crate::server::{self, json_response, ConnLimits, HttpResponse};
-use crate::token::TokenSource;
+use crate::server::{self, ConnLimits};
+use crate::token::{TokenError, TokenPolicy, TokenSource};
 use crate::upstream::Upstream;
+use crate::{admin, pipeline};
 
 /// One fronted vendor app.
 pub struct App {
@@ -29,42 +33,150 @@ pub struct App {
     pub name: String,
     /// Vendor base URL (scheme + authority).
     pub base: Uri,
-    /// The vendor's identifiers, as the path prefix carries them.
-    identity: Identity,
     /// Its app token.
-    pub tokens: TokenSource,
+    pub tokens: Arc<TokenSource>,
+    policy: TokenPolicy,
 }
 
-enum Identity {
-    Agora { app_id: String },
-    Easemob { org: String, app: String },
+impl App {
+    /// Whether the path prefix `which` addresses this app.
+    fn is(&self, which: AppRef<'_>) -> bool {
+        match (self.tokens.credentials(), which) {
+            // Agora App IDs are hex; callers may write them in either case.
+            (Credentials::Agora { app_id, .. }, AppRef::Agora { app_id: asked }) => {
+                app_id.eq_ignore_ascii_case(asked)
+            }
+            (Credentials::Easemob { org, app, .. }, AppRef::Easemob { org: o, app: a }) => {
+                org == o && app == a
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether this app already runs exactly as `settings` describe (so a reload keeps it and
+    /// its token).
+    fn matches(&self, settings: &crate::config::AppSettings, policy: &TokenPolicy) -> bool {
+        self.name == settings.name
+            && self.base == settings.upstream
+            && &self.policy == policy
+            && same_credentials(self.tokens.credentials(), &settings.credentials)
+    }
 }
 
-/// Everything a request needs, built once from validated settings.
-pub struct Gateway {
+fn same_credentials(a: &Credentials, b: &Credentials) -> bool {
+    match (a, b) {
+        (
+            Credentials::Agora {
+                app_id,
+                certificate,
+                expire_secs,
+            },
+            Credentials::Agora {
+                app_id: id2,
+                certificate: cert2,
+                expire_secs: exp2,
+            },
+        ) => {
+            app_id == id2
+                && certificate.expose_secret() == cert2.expose_secret()
+                && expire_secs == exp2
+        }
+        (
+            Credentials::Easemob {
+                org,
+                app,
+                client_id,
+                client_secret,
+                ttl_secs,
+            },
+            Credentials::Easemob {
+                org: o2,
+                app: a2,
+                client_id: id2,
+                client_secret: s2,
+                ttl_secs: t2,
+            },
+        ) => {
+            org == o2
+                && app == a2
+                && client_id == id2
+                && client_secret.expose_secret() == s2.expose_secret()
+                && ttl_secs == t2
+        }
+        _ => false,
+    }
+}
+
+/// Everything a reload may change.
+pub struct Snapshot {
+    /// The apps, in configuration order.
+    pub apps: Vec<Arc<App>>,
+    /// The callers.
+    pub clients: Clients,
     /// Largest request body, bytes.
     pub max_body_bytes: usize,
     /// Forward endpoints imgate does not know.
     pub forward_other: bool,
-    /// Connection guards of both listeners.
+    /// SHA-256 of the admin API key.
+    pub admin_key_sha256: Option<[u8; 32]>,
+    /// Signs and checks client tokens.
+    pub client_tokens: Arc<ClientTokenKey>,
+    /// Lifetime of issued client tokens.
+    pub client_token_ttl: Duration,
+}
+
+impl Snapshot {
+    /// The app a path prefix addresses, with its index.
+    pub fn app(&self, which: AppRef<'_>) -> Option<(usize, &Arc<App>)> {
+        self.apps.iter().enumerate().find(|(_, app)| app.is(which))
+    }
+
+    /// The app named `name`.
+    pub fn app_named(&self, name: &str) -> Option<&Arc<App>> {
+        self.apps.iter().find(|a| a.name == name)
+    }
+}
+
+/// Why a reload was refused (the running configuration stays).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The gateway was started without a configuration file.
+    #[error("no configuration file to reload")]
+    NoFile,
+    /// The new file is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A new or changed app could not obtain a token with its new credentials.
+    #[error("app {app}: no token with the new credentials: {source}")]
+    Token {
+        /// The app.
+        app: String,
+        /// Why.
+        source: TokenError,
+    },
+}
+
+/// The gateway: fixed parts (listeners' limits, the vendor client, metrics) and the current
+/// [`Snapshot`].
+pub struct Gateway {
+    /// Connection guards of both listeners (fixed at start).
     pub conn_limits: ConnLimits,
-    /// Admin API key (used by the admin endpoints of later versions).
-    pub admin_key: Option<SecretString>,
-    /// The apps, in configuration order.
-    pub apps: Vec<App>,
-    /// The callers.
-    pub clients: Clients,
     /// The pooled vendor client.
-    pub upstream: Upstream,
+    pub upstream: Arc<Upstream>,
     /// The metrics.
     pub metrics: Metrics,
+    config_path: Option<PathBuf>,
+    /// Used when the configuration names no signing key, so tokens survive reloads.
+    process_token_key: Arc<ClientTokenKey>,
+    current: ArcSwap<Snapshot>,
+    reloading: tokio::sync::Mutex<()>,
 }
 
 /// The two listeners the gateway serves.
 pub struct Listeners {
     /// The API listener that callers use.
     pub api: TcpListener,
-    /// The admin listener (`/healthz`, `/metrics`).
+    /// The admin listener (`/healthz`, `/readyz`, `/metrics`, `/admin/…`).
     pub admin: TcpListener,
 }
 
@@ -79,83 +191,135 @@ impl Listeners {
 }
 
 impl Gateway {
-    /// Builds the gateway from settings; its metrics go into `registry`.
-    pub fn new(settings: Settings, registry: Registry) -> Result<Arc<Gateway>, prometheus::Error> {
-        let apps: Vec<App> = settings
+    /// Builds the gateway and starts obtaining app tokens (call within a Tokio runtime).
+    /// `config_path` is the file a reload re-reads; its metrics go into `registry`.
+    pub fn new(
+        settings: Settings,
+        registry: Registry,
+        config_path: Option<PathBuf>,
+    ) -> Result<Arc<Gateway>, prometheus::Error> {
+        let metrics = Metrics::new(registry)?;
+        let upstream = Arc::new(Upstream::new(&settings.upstream));
+        let conn_limits = settings.conn_limits.clone();
+        let process_token_key = Arc::new(ClientTokenKey::new(None));
+        let gateway = Arc::new(Gateway {
+            conn_limits,
+            upstream,
+            metrics,
+            config_path,
+            process_token_key,
+            current: ArcSwap::from_pointee(Snapshot {
+                apps: Vec::new(),
+                clients: Clients::default(),
+                max_body_bytes: 0,
+                forward_other: false,
+                admin_key_sha256: None,
+                client_tokens: Arc::new(ClientTokenKey::new(None)),
+                client_token_ttl: Duration::ZERO,
+            }),
+            reloading: tokio::sync::Mutex::new(()),
+        });
+        let (snapshot, _) = gateway.build_snapshot(settings, &[]);
+        gateway.current.store(Arc::new(snapshot));
+        Ok(gateway)
+    }
+
+    /// The configuration in force now.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Re-reads the configuration file and every secret, and switches to it once every new or
+    /// changed app holds a token. On any error the running configuration stays.
+    pub async fn reload(&self) -> Result<(), ReloadError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let result = self.try_reload().await;
+        self.metrics.config_reload(result.is_ok());
+        result
+    }
+
+    async fn try_reload(&self) -> Result<(), ReloadError> {
+        let path = self.config_path.as_ref().ok_or(ReloadError::NoFile)?;
+        let settings = RawConfig::load(path)?.validate()?;
+        let old = self.snapshot();
+        let (snapshot, fresh) = self.build_snapshot(settings, &old.apps);
+        // New tokens before the switch: a request never meets an app without one.
+        for app in &fresh {
+            if let Err(source) = app.tokens.token().await {
+                fresh.iter().for_each(|a| a.tokens.retire());
+                return Err(ReloadError::Token {
+                    app: app.name.clone(),
+                    source,
+                });
+            }
+        }
+        self.current.store(Arc::new(snapshot));
+        for app in &old.apps {
+            if !self.snapshot().apps.iter().any(|a| Arc::ptr_eq(a, app)) {
+                app.tokens.retire();
+            }
+        }
+        tracing::info!(
+            changed = ?fresh.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(),
+            "configuration reloaded"
+        );
+        Ok(())
+    }
+
+    /// A snapshot of `settings`, keeping the apps of `running` that did not change; also
+    /// returns the apps that are new (their token sources already started).
+    fn build_snapshot(
+        &self,
+        settings: Settings,
+        running: &[Arc<App>],
+    ) -> (Snapshot, Vec<Arc<App>>) {
+        let mut fresh = Vec::new();
+        let policy = settings.token_policy;
+        let apps: Vec<Arc<App>> = settings
             .apps
             .into_iter()
             .map(|app| {
-                let identity = match &app.credentials {
-                    Credentials::Agora { app_id, .. } => Identity::Agora {
-                        app_id: app_id.clone(),
-                    },
-                    Credentials::Easemob { org, app, .. } => Identity::Easemob {
-                        org: org.clone(),
-                        app: app.clone(),
-                    },
-                };
-                App {
-                    name: app.name,
-                    tokens: TokenSource::new(app.credentials, app.upstream.clone()),
-                    base: app.upstream,
-                    identity,
+                if let Some(kept) = running.iter().find(|r| r.matches(&app, &policy)) {
+                    return kept.clone();
                 }
+                let tokens = TokenSource::new(
+                    &app.name,
+                    app.credentials,
+                    app.upstream.clone(),
+                    self.upstream.clone(),
+                    policy.clone(),
+                    self.metrics.token(&app.name),
+                );
+                tokens.start();
+                let new = Arc::new(App {
+                    name: app.name,
+                    base: app.upstream,
+                    tokens,
+                    policy: policy.clone(),
+                });
+                fresh.push(new.clone());
+                new
             })
             .collect();
         let clients = Clients::new(&settings.clients, |name| {
             apps.iter().position(|a| a.name == name)
         });
-        Ok(Arc::new(Gateway {
-            max_body_bytes: settings.max_body_bytes,
-            forward_other: settings.upstream.forward_other,
-            conn_limits: settings.conn_limits,
-            admin_key: settings.admin_key,
-            upstream: Upstream::new(&settings.upstream),
-            metrics: Metrics::new(registry)?,
+        let client_tokens = match &settings.client_token_key {
+            Some(key) => Arc::new(ClientTokenKey::new(Some(key))),
+            None => self.process_token_key.clone(),
+        };
+        let snapshot = Snapshot {
             apps,
             clients,
-        }))
-    }
-
-    /// The app a path prefix addresses, with its index.
-    pub fn app(&self, which: AppRef<'_>) -> Option<(usize, &App)> {
-        self.apps
-            .iter()
-            .enumerate()
-            .find(|(_, app)| match (&app.identity, which) {
-                // Agora App IDs are hex; callers may write them in either case.
-                (Identity::Agora { app_id }, AppRef::Agora { app_id: asked }) => {
-                    app_id.eq_ignore_ascii_case(asked)
-                }
-                (Identity::Easemob { org, app }, AppRef::Easemob { org: o, app: a }) => {
-                    org == o && app == a
-                }
-                _ => false,
-            })
-    }
-
-    async fn admin(&self, req: Request<Incoming>) -> HttpResponse {
-        match (req.method(), req.uri().path()) {
-            (&Method::GET, "/healthz") => {
-                json_response(200, Bytes::from_static(br#"{"status":"ok"}"#))
-            }
-            (&Method::GET, "/metrics") => {
-                let mut response = json_response(200, Bytes::from(self.metrics.encode()));
-                response.headers_mut().insert(
-                    http::header::CONTENT_TYPE,
-                    http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-                );
-                response
-            }
-            _ => json_response(
-                404,
-                crate::vendor::error_body(
-                    "imgate_no_route",
-                    "ImgateException",
-                    "no admin endpoint at this path",
-                ),
-            ),
-        }
+            max_body_bytes: settings.max_body_bytes,
+            forward_other: settings.upstream.forward_other,
+            admin_key_sha256: settings.admin_key.as_ref().map(|k| {
+                <sha2::Sha256 as sha2::Digest>::digest(k.expose_secret().as_bytes()).into()
+            }),
+            client_tokens,
+            client_token_ttl: settings.client_token_ttl,
+        };
+        (snapshot, fresh)
     }
 }
 
@@ -181,7 +345,7 @@ pub async fn run(listeners: Listeners, gateway: Arc<Gateway>, shutdown: impl Fut
         gateway.conn_limits.clone(),
         move |req, _peer| {
             let gateway = admin_gateway.clone();
-            async move { Ok(gateway.admin(req).await) }
+            async move { Ok(admin::handle(&gateway, req).await) }
         },
         signal(stopped),
     );

@@ -5,8 +5,10 @@
 //! with `-` where a request never got that far. Never a user id, key or token.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
 };
+
+use crate::token::TokenMetrics;
 
 /// Buckets in seconds: sub-millisecond cache hits up to multi-second vendor calls.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -21,6 +23,9 @@ pub struct Metrics {
     http_duration: HistogramVec,
     upstream_requests: IntCounterVec,
     upstream_duration: HistogramVec,
+    token_refreshes: IntCounterVec,
+    token_expiry: GaugeVec,
+    config_reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -56,16 +61,43 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["app", "endpoint"],
         )?;
+        let token_refreshes = IntCounterVec::new(
+            Opts::new(
+                "imgate_token_refreshes_total",
+                "App token mints and fetches, by app and result (success or error).",
+            ),
+            &["app", "result"],
+        )?;
+        let token_expiry = GaugeVec::new(
+            Opts::new(
+                "imgate_token_expiry_timestamp_seconds",
+                "Unix time at which the current app token expires.",
+            ),
+            &["app"],
+        )?;
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "imgate_config_reload_total",
+                "Configuration reloads (SIGHUP), by result (success or error).",
+            ),
+            &["result"],
+        )?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
         registry.register(Box::new(upstream_requests.clone()))?;
         registry.register(Box::new(upstream_duration.clone()))?;
+        registry.register(Box::new(token_refreshes.clone()))?;
+        registry.register(Box::new(token_expiry.clone()))?;
+        registry.register(Box::new(config_reloads.clone()))?;
         Ok(Metrics {
             registry,
             http_requests,
             http_duration,
             upstream_requests,
             upstream_duration,
+            token_refreshes,
+            token_expiry,
+            config_reloads,
         })
     }
 
@@ -87,6 +119,21 @@ impl Metrics {
         self.upstream_duration
             .with_label_values(&[app, endpoint])
             .observe(seconds);
+    }
+
+    /// The token metrics of one app.
+    pub fn token(&self, app: &str) -> TokenMetrics {
+        TokenMetrics {
+            success: self.token_refreshes.with_label_values(&[app, "success"]),
+            error: self.token_refreshes.with_label_values(&[app, "error"]),
+            expiry: self.token_expiry.with_label_values(&[app]),
+        }
+    }
+
+    /// Records a configuration reload.
+    pub fn config_reload(&self, success: bool) {
+        let result = if success { "success" } else { "error" };
+        self.config_reloads.with_label_values(&[result]).inc();
     }
 
     /// The Prometheus text exposition of every registered metric.

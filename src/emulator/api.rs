@@ -196,7 +196,7 @@ pub(super) fn issue_token(
     if field("client_id") != app.config.client_id {
         return Err(invalid("client_id does not match"));
     }
-    if field("client_secret") != app.config.client_secret {
+    if field("client_secret") != lock(&app.secrets).client_secret {
         return Err(invalid("client_secret does not match"));
     }
     let ttl = match request.get("ttl") {
@@ -204,10 +204,13 @@ pub(super) fn issue_token(
         Some(v) => lenient_u64(v).ok_or_else(|| illegal("ttl must be a number of seconds"))?,
     };
     let token = format!("YWMt{}", URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>()));
-    let now = vendor::now_secs();
+    let now = vendor::now_millis();
     let mut issued = lock(&app.issued);
     issued.retain(|_, until| until.is_none_or(|u| u > now));
-    issued.insert(token.clone(), (ttl > 0).then(|| now + ttl));
+    issued.insert(
+        token.clone(),
+        (ttl > 0).then(|| now.saturating_add(ttl.saturating_mul(1000))),
+    );
     drop(issued);
     let body =
         json!({"access_token": token, "expires_in": ttl, "application": app.application_uuid});

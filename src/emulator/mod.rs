@@ -43,9 +43,38 @@ struct App {
     config: EmulatedApp,
     application_uuid: String,
     data: Mutex<AppData>,
-    /// Easemob tokens issued by the token endpoint → expiry (Unix seconds; `None` = never).
+    /// Easemob tokens issued by the token endpoint → expiry (Unix milliseconds; `None` = never).
     issued: Mutex<HashMap<String, Option<u64>>>,
+    /// Credentials that can change at run time (`PUT /__emulator/credentials`).
+    secrets: Mutex<Secrets>,
     quotas: Vec<SlidingWindow>,
+}
+
+/// An app's current credentials.
+#[derive(Debug, Clone)]
+struct Secrets {
+    /// Agora: every certificate whose signatures are accepted (the console allows a primary and
+    /// a secondary one during a rotation).
+    certificates: Vec<String>,
+    /// Easemob: the client secret the token endpoint accepts.
+    client_secret: String,
+    /// Agora: tokens issued before this Unix second are revoked.
+    not_before: u64,
+}
+
+/// The body of `PUT /__emulator/credentials`: the app (by `app_id`, or `org` + `app`) and its
+/// new certificate or client secret.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CredentialsChange {
+    app_id: Option<String>,
+    org: Option<String>,
+    app: Option<String>,
+    app_certificate: Option<String>,
+    client_secret: Option<String>,
+    /// Agora: keep accepting the previous certificates too (a rotation's overlap).
+    #[serde(default)]
+    keep_previous: bool,
 }
 
 /// The emulator: every app, the counters and the active faults.
@@ -72,6 +101,11 @@ impl Emulator {
                     .collect();
                 App {
                     application_uuid: random_uuid(),
+                    secrets: Mutex::new(Secrets {
+                        certificates: vec![app.app_certificate.clone()],
+                        client_secret: app.client_secret.clone(),
+                        not_before: 0,
+                    }),
                     config: app,
                     data: Mutex::new(AppData::default()),
                     issued: Mutex::new(HashMap::new()),
@@ -199,6 +233,21 @@ impl Emulator {
                 json_response(200, Bytes::from_static(br#"{"result":"ok"}"#))
             }
             (&Method::GET, "faults") => self.faults_response(),
+            (&Method::POST, "revoke-tokens") => {
+                self.revoke_tokens();
+                json_response(200, Bytes::from_static(br#"{"result":"ok"}"#))
+            }
+            (&Method::PUT, "credentials") => {
+                let change = read_body(body)
+                    .await
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<CredentialsChange>(&b).ok());
+                match change.map(|c| self.change_credentials(c)) {
+                    Some(Ok(())) => json_response(200, Bytes::from_static(br#"{"result":"ok"}"#)),
+                    Some(Err(err)) => json_response(err.status, err.body()),
+                    None => bad_request("body must be a JSON credentials change".into()),
+                }
+            }
             (&Method::PUT, "faults") => {
                 let parsed = read_body(body)
                     .await
@@ -221,6 +270,57 @@ impl Emulator {
                 );
                 json_response(404, err.body())
             }
+        }
+    }
+
+    /// Every Easemob token issued so far, and every Agora token issued before this second,
+    /// stops working.
+    fn revoke_tokens(&self) {
+        let now = vendor::now_secs();
+        for app in &self.apps {
+            lock(&app.issued).clear();
+            lock(&app.secrets).not_before = now;
+        }
+    }
+
+    fn change_credentials(&self, change: CredentialsChange) -> Result<(), VendorError> {
+        let which = match (&change.app_id, &change.org, &change.app) {
+            (Some(app_id), None, None) => AppRef::Agora { app_id },
+            (None, Some(org), Some(app)) => AppRef::Easemob { org, app },
+            _ => {
+                return Err(VendorError::new(
+                    400,
+                    "illegal_argument",
+                    "name the app by app_id, or by org and app",
+                ))
+            }
+        };
+        let app = self.app(which).ok_or_else(|| {
+            VendorError::new(404, "organization_application_not_found", "no such app")
+        })?;
+        let mut secrets = lock(&app.secrets);
+        match (
+            app.config.vendor,
+            change.app_certificate,
+            change.client_secret,
+        ) {
+            (VendorKind::Agora, Some(certificate), None) => {
+                if !change.keep_previous {
+                    secrets.certificates.clear();
+                }
+                secrets.certificates.retain(|c| *c != certificate);
+                secrets.certificates.insert(0, certificate);
+                Ok(())
+            }
+            (VendorKind::Easemob, None, Some(secret)) => {
+                secrets.client_secret = secret;
+                Ok(())
+            }
+            _ => Err(VendorError::new(
+                400,
+                "illegal_argument",
+                "give app_certificate for an Agora app or client_secret for an Easemob app",
+            )),
         }
     }
 
@@ -275,24 +375,28 @@ impl App {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or_else(unauthorized)?;
-        let now = vendor::now_secs();
         match self.config.vendor {
             VendorKind::Agora => {
                 let parsed = ParsedToken::parse(token).map_err(|_| corrupt())?;
+                let secrets = lock(&self.secrets).clone();
                 if parsed.spec.app_id != self.config.app_id
-                    || !parsed.verify(&self.config.app_certificate)
+                    || !secrets.certificates.iter().any(|c| parsed.verify(c))
                 {
                     return Err(corrupt());
                 }
+                let now = vendor::now_secs();
                 match parsed.valid_until(PRIVILEGE_APP) {
                     None => Err(corrupt()),
                     Some(until) if until <= now => Err(unauthorized()),
+                    Some(_) if u64::from(parsed.spec.issue_ts) < secrets.not_before => {
+                        Err(unauthorized())
+                    }
                     Some(_) => Ok(()),
                 }
             }
             VendorKind::Easemob => match lock(&self.issued).get(token) {
                 None => Err(corrupt()),
-                Some(Some(until)) if *until <= now => Err(unauthorized()),
+                Some(Some(until)) if *until <= vendor::now_millis() => Err(unauthorized()),
                 Some(_) => Ok(()),
             },
         }

@@ -1,31 +1,78 @@
 //! App tokens: how imgate obtains the vendor credential it injects into every forwarded call.
 //!
-//! One [`TokenSource`] per app holds the current token and renews it before it expires:
+//! One [`TokenSource`] per app holds the current token, shared by every request:
+//! - a background task renews it at a fraction of its lifetime (with jitter), while requests keep
+//!   using the current one, so no request waits for a renewal while a valid token exists;
+//! - every renewal is single-flight (one mint or fetch however many requests need it);
+//! - a failed renewal is retried with exponential backoff, and calls to the vendor's token
+//!   endpoint are capped per minute (the vendor bans accounts that call it too often);
+//! - a token the vendor rejects (401) is renewed once for all the requests that saw it rejected.
+//!
 //! Agora tokens are minted locally ([`agora`]); Easemob tokens come from the vendor's token
-//! endpoint with the app's client credentials. Renewal is single-flight, so a burst of requests
-//! needing a new token causes one mint or fetch.
+//! endpoint with the app's client credentials.
 
 pub mod agora;
 
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Uri};
 use http_body_util::Full;
+use prometheus::{Gauge, IntCounter};
+use rand::Rng;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
+use tokio::sync::Notify;
 
 use crate::config::Credentials;
 use crate::upstream::{vendor_uri, Upstream, UpstreamError};
 use crate::vendor;
 
-/// Renew a token once this fraction of its lifetime has passed.
-const REFRESH_FRACTION: f64 = 0.5;
-/// Easemob tokens that never expire (`expires_in` 0) are still renewed this often.
+/// A token that never expires (Easemob `expires_in` 0) is still renewed this often.
 const NEVER_EXPIRES_REFRESH: Duration = Duration::from_secs(24 * 3600);
+
+/// When and how often tokens are renewed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenPolicy {
+    /// Renew once this fraction of the lifetime has passed (0 < f < 1).
+    pub refresh_fraction: f64,
+    /// Renew up to this fraction of the renewal point earlier, at random, so replicas spread out.
+    pub refresh_jitter: f64,
+    /// Most calls to the vendor's token endpoint per app and minute.
+    pub max_fetches_per_minute: u32,
+    /// First wait after a failed renewal; doubles with each further failure.
+    pub retry_initial: Duration,
+    /// Longest wait between retries.
+    pub retry_max: Duration,
+}
+
+impl Default for TokenPolicy {
+    fn default() -> Self {
+        TokenPolicy {
+            refresh_fraction: 0.5,
+            refresh_jitter: 0.1,
+            max_fetches_per_minute: 10,
+            retry_initial: Duration::from_secs(1),
+            retry_max: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The metrics of one app's tokens, label values resolved once.
+#[derive(Clone)]
+pub struct TokenMetrics {
+    /// `imgate_token_refreshes_total{result="success"}`.
+    pub success: IntCounter,
+    /// `imgate_token_refreshes_total{result="error"}`.
+    pub error: IntCounter,
+    /// `imgate_token_expiry_timestamp_seconds`.
+    pub expiry: Gauge,
+}
 
 /// Why no app token is available.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +91,12 @@ pub enum TokenError {
     /// A token would not fit an HTTP header (never for well-formed vendor tokens).
     #[error("the vendor token is not a valid header value")]
     Unusable,
+    /// The per-minute cap on token-endpoint calls is reached.
+    #[error("token endpoint calls capped at {0} per minute")]
+    Capped(u32),
+    /// The last renewal failed and the next attempt is not due yet.
+    #[error("renewal failed recently; next attempt in {0:?}")]
+    BackingOff(Duration),
 }
 
 /// A token ready to inject.
@@ -64,77 +117,235 @@ impl std::fmt::Debug for AppToken {
     }
 }
 
-/// The current token of one app, renewed on demand.
+impl AppToken {
+    fn is_valid(&self, now: Instant) -> bool {
+        now < self.expires_at
+    }
+}
+
+/// Bookkeeping of renewals, guarded by the single-flight lock.
+#[derive(Default)]
+struct Renewals {
+    /// Token-endpoint calls of the last minute.
+    recent_fetches: VecDeque<Instant>,
+    /// Consecutive failures.
+    failures: u32,
+    /// No attempt before this instant (backoff after a failure).
+    not_before: Option<Instant>,
+}
+
+/// The current token of one app, renewed in the background and on demand.
 pub struct TokenSource {
+    app: String,
     credentials: Credentials,
     base: Uri,
+    upstream: Arc<Upstream>,
+    policy: TokenPolicy,
+    metrics: TokenMetrics,
     current: ArcSwapOption<AppToken>,
-    renewing: tokio::sync::Mutex<()>,
+    renewals: tokio::sync::Mutex<Renewals>,
+    retired: AtomicBool,
+    wake: Notify,
 }
 
 impl TokenSource {
-    /// A source with no token yet; the first request mints or fetches one.
-    pub fn new(credentials: Credentials, base: Uri) -> TokenSource {
-        TokenSource {
+    /// A source with no token yet; [`TokenSource::start`] obtains the first one.
+    pub fn new(
+        app: &str,
+        credentials: Credentials,
+        base: Uri,
+        upstream: Arc<Upstream>,
+        policy: TokenPolicy,
+        metrics: TokenMetrics,
+    ) -> Arc<TokenSource> {
+        Arc::new(TokenSource {
+            app: app.to_owned(),
             credentials,
             base,
+            upstream,
+            policy,
+            metrics,
             current: ArcSwapOption::empty(),
-            renewing: tokio::sync::Mutex::new(()),
+            renewals: tokio::sync::Mutex::new(Renewals::default()),
+            retired: AtomicBool::new(false),
+            wake: Notify::new(),
+        })
+    }
+
+    /// The credentials this source uses.
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
+    /// Starts the background renewal task; it obtains the first token at once and runs until
+    /// [`TokenSource::retire`].
+    pub fn start(self: &Arc<Self>) {
+        let source = self.clone();
+        tokio::spawn(async move { source.renew_in_background().await });
+    }
+
+    /// Stops the background renewal (the app was removed or its credentials replaced).
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    /// Whether a valid token is held now.
+    pub fn is_ready(&self) -> bool {
+        self.current
+            .load()
+            .as_ref()
+            .is_some_and(|t| t.is_valid(Instant::now()))
+    }
+
+    /// The token to use now. Waits only when no valid token is held.
+    pub async fn token(&self) -> Result<Arc<AppToken>, TokenError> {
+        if let Some(token) = self.current.load_full() {
+            if token.is_valid(Instant::now()) {
+                return Ok(token);
+            }
+        }
+        let mut renewals = self.renewals.lock().await;
+        // Someone else may have renewed it while this request waited.
+        if let Some(token) = self.current.load_full() {
+            if token.is_valid(Instant::now()) {
+                return Ok(token);
+            }
+        }
+        self.renew(&mut renewals).await
+    }
+
+    /// A replacement for `rejected`, which the vendor answered 401 to. However many requests
+    /// saw the same token rejected, it is renewed once.
+    pub async fn replace_rejected(
+        &self,
+        rejected: &Arc<AppToken>,
+    ) -> Result<Arc<AppToken>, TokenError> {
+        let mut renewals = self.renewals.lock().await;
+        if let Some(current) = self.current.load_full() {
+            if !Arc::ptr_eq(&current, rejected) && current.is_valid(Instant::now()) {
+                return Ok(current);
+            }
+        }
+        self.renew(&mut renewals).await
+    }
+
+    /// Obtains a new token now, whatever the state of the current one.
+    pub async fn rotate(&self) -> Result<(), TokenError> {
+        let mut renewals = self.renewals.lock().await;
+        self.renew(&mut renewals).await.map(drop)
+    }
+
+    async fn renew_in_background(self: Arc<Self>) {
+        while !self.retired.load(Ordering::Acquire) {
+            let wait = self
+                .next_renewal()
+                .await
+                .saturating_duration_since(Instant::now());
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = self.wake.notified() => continue,
+            }
+            let mut renewals = self.renewals.lock().await;
+            let due = self
+                .current
+                .load()
+                .as_ref()
+                .is_none_or(|t| Instant::now() >= t.refresh_at);
+            if due && !self.retired.load(Ordering::Acquire) {
+                if let Err(err) = self.renew(&mut renewals).await {
+                    tracing::warn!(app = %self.app, error = %err, "app token renewal failed");
+                }
+            }
         }
     }
 
-    /// The token to use now, renewing it first when it is due.
-    pub async fn token(&self, upstream: &Upstream) -> Result<Arc<AppToken>, TokenError> {
-        if let Some(token) = self.fresh(Instant::now()) {
-            return Ok(token);
-        }
-        let _single_flight = self.renewing.lock().await;
-        // Someone else may have renewed it while this request waited.
+    async fn next_renewal(&self) -> Instant {
+        let renewals = self.renewals.lock().await;
+        let scheduled = self
+            .current
+            .load()
+            .as_ref()
+            .map_or_else(Instant::now, |t| t.refresh_at);
+        let not_before = renewals.not_before.unwrap_or(scheduled);
+        // After a failure, retry at the backoff; but never later than the schedule requires.
+        scheduled.max(not_before)
+    }
+
+    /// One renewal, under the single-flight lock: backoff and the per-minute cap apply.
+    async fn renew(&self, renewals: &mut Renewals) -> Result<Arc<AppToken>, TokenError> {
         let now = Instant::now();
-        if let Some(token) = self.fresh(now) {
-            return Ok(token);
+        if let Some(not_before) = renewals.not_before.filter(|t| *t > now) {
+            return Err(TokenError::BackingOff(not_before - now));
         }
-        match self.obtain(upstream).await {
+        if let Credentials::Easemob { .. } = self.credentials {
+            let minute_ago = now.checked_sub(Duration::from_secs(60));
+            while renewals
+                .recent_fetches
+                .front()
+                .is_some_and(|t| minute_ago.is_some_and(|m| *t <= m))
+            {
+                renewals.recent_fetches.pop_front();
+            }
+            if renewals.recent_fetches.len() >= self.policy.max_fetches_per_minute as usize {
+                // No attempt until the oldest call of the window leaves it.
+                renewals.not_before = renewals
+                    .recent_fetches
+                    .front()
+                    .map(|t| *t + Duration::from_secs(60));
+                self.metrics.error.inc();
+                return Err(TokenError::Capped(self.policy.max_fetches_per_minute));
+            }
+            renewals.recent_fetches.push_back(now);
+        }
+        match self.obtain().await {
             Ok(token) => {
                 let token = Arc::new(token);
                 self.current.store(Some(token.clone()));
+                renewals.failures = 0;
+                renewals.not_before = None;
+                self.metrics.success.inc();
+                self.metrics.expiry.set(unix_seconds(token.expires_at));
                 Ok(token)
             }
-            Err(err) => match self.current.load_full() {
-                // A failed renewal is not an outage while the old token is still valid.
-                Some(old) if old.expires_at > now => {
-                    tracing::warn!(error = %err, "app token renewal failed; using the current token");
-                    Ok(old)
-                }
-                _ => Err(err),
-            },
+            Err(err) => {
+                renewals.failures += 1;
+                let backoff = self
+                    .policy
+                    .retry_initial
+                    .saturating_mul(1 << renewals.failures.min(16).saturating_sub(1))
+                    .min(self.policy.retry_max);
+                renewals.not_before = Some(Instant::now() + backoff);
+                self.metrics.error.inc();
+                Err(err)
+            }
         }
     }
 
-    /// Drops `rejected` (the vendor answered 401 to it) so the next request renews.
-    pub fn invalidate(&self, rejected: &Arc<AppToken>) {
-        let current = self.current.load();
-        if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, rejected)) {
-            self.current.compare_and_swap(&*current, None);
-        }
-    }
-
-    fn fresh(&self, now: Instant) -> Option<Arc<AppToken>> {
-        self.current.load_full().filter(|t| now < t.refresh_at)
-    }
-
-    async fn obtain(&self, upstream: &Upstream) -> Result<AppToken, TokenError> {
+    async fn obtain(&self) -> Result<AppToken, TokenError> {
         match &self.credentials {
             Credentials::Agora {
                 app_id,
                 certificate,
                 expire_secs,
             } => {
-                let issue_ts = u32::try_from(vendor::now_secs()).unwrap_or(u32::MAX);
+                // The token's clock is whole seconds: count its life from the start of the
+                // second it names, as the vendor does.
+                let since_epoch = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default();
+                let issue_ts = u32::try_from(since_epoch.as_secs()).unwrap_or(u32::MAX);
+                let issued_at = Instant::now()
+                    .checked_sub(Duration::from_nanos(u64::from(since_epoch.subsec_nanos())))
+                    .unwrap_or_else(Instant::now);
                 let spec =
                     agora::TokenSpec::app(app_id, issue_ts, *expire_secs, agora::random_salt());
                 let lifetime = Duration::from_secs(u64::from(*expire_secs));
-                app_token(&spec.build(certificate.expose_secret()), Some(lifetime))
+                self.app_token(
+                    &spec.build(certificate.expose_secret()),
+                    issued_at,
+                    Some(lifetime),
+                )
             }
             Credentials::Easemob {
                 org,
@@ -143,7 +354,7 @@ impl TokenSource {
                 client_secret,
                 ttl_secs,
             } => {
-                self.fetch_easemob(upstream, org, app, client_id, client_secret, *ttl_secs)
+                self.fetch_easemob(org, app, client_id, client_secret, *ttl_secs)
                     .await
             }
         }
@@ -151,7 +362,6 @@ impl TokenSource {
 
     async fn fetch_easemob(
         &self,
-        upstream: &Upstream,
         org: &str,
         app: &str,
         client_id: &str,
@@ -173,68 +383,192 @@ impl TokenSource {
             .header(header::ACCEPT, "application/json")
             .body(Full::new(Bytes::from(body.to_string())))
             .map_err(|_| TokenError::Unusable)?;
-        let response = upstream.send(request).await?;
+        let requested_at = Instant::now();
+        let response = self.upstream.send(request).await?;
         let parsed: Value = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
-        if !response.status.is_success() {
-            return Err(TokenError::Rejected {
-                status: response.status.as_u16(),
-                error: parsed["error"]
-                    .as_str()
-                    .unwrap_or("no error name")
-                    .to_owned(),
-            });
-        }
-        let rejected = |what: &str| TokenError::Rejected {
+        let rejected = |error: &str| TokenError::Rejected {
             status: response.status.as_u16(),
-            error: what.to_owned(),
+            error: error.to_owned(),
         };
+        if !response.status.is_success() {
+            return Err(rejected(
+                parsed["error"].as_str().unwrap_or("no error name"),
+            ));
+        }
         let token = parsed["access_token"]
             .as_str()
             .filter(|t| !t.is_empty())
             .ok_or_else(|| rejected("no access_token in the answer"))?;
         let expires_in = vendor::lenient_u64(&parsed["expires_in"])
             .ok_or_else(|| rejected("no expires_in in the answer"))?;
-        // expires_in 0 means the token never expires.
+        // expires_in 0 means the token never expires. Its life is counted from the request, so
+        // imgate never believes a token valid for longer than the vendor does.
         let lifetime = (expires_in > 0).then(|| Duration::from_secs(expires_in));
-        app_token(token, lifetime)
+        self.app_token(token, requested_at, lifetime)
+    }
+
+    fn app_token(
+        &self,
+        token: &str,
+        issued_at: Instant,
+        lifetime: Option<Duration>,
+    ) -> Result<AppToken, TokenError> {
+        let mut header =
+            HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| TokenError::Unusable)?;
+        header.set_sensitive(true);
+        let (expires_at, refresh_after) = match lifetime {
+            Some(life) => {
+                let jitter = 1.0 - self.policy.refresh_jitter * rand::thread_rng().gen::<f64>();
+                (
+                    issued_at + life,
+                    life.mul_f64(self.policy.refresh_fraction * jitter),
+                )
+            }
+            None => (
+                issued_at + Duration::from_secs(100 * 365 * 24 * 3600),
+                NEVER_EXPIRES_REFRESH,
+            ),
+        };
+        Ok(AppToken {
+            header,
+            expires_at,
+            refresh_at: issued_at + refresh_after,
+        })
     }
 }
 
-fn app_token(token: &str, lifetime: Option<Duration>) -> Result<AppToken, TokenError> {
-    let mut header =
-        HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| TokenError::Unusable)?;
-    header.set_sensitive(true);
+fn unix_seconds(at: Instant) -> f64 {
+    let now_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
     let now = Instant::now();
-    let (expires_at, refresh_after) = match lifetime {
-        Some(life) => (now + life, life.mul_f64(REFRESH_FRACTION)),
-        None => (
-            now + Duration::from_secs(100 * 365 * 24 * 3600),
-            NEVER_EXPIRES_REFRESH,
-        ),
-    };
-    Ok(AppToken {
-        header,
-        expires_at,
-        refresh_at: now + refresh_after,
-    })
+    if at >= now {
+        now_unix + (at - now).as_secs_f64()
+    } else {
+        now_unix - (now - at).as_secs_f64()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::UpstreamSettings;
 
-    #[test]
-    fn tokens_are_renewed_halfway_and_never_shown_in_debug_output() {
-        let t = app_token("secret-token", Some(Duration::from_secs(100))).unwrap();
-        let half = t.refresh_at.duration_since(Instant::now());
-        assert!(half <= Duration::from_secs(50) && half > Duration::from_secs(49));
+    fn source(credentials: Credentials, policy: TokenPolicy) -> Arc<TokenSource> {
+        let upstream = Arc::new(Upstream::new(&UpstreamSettings {
+            connect_timeout: Duration::from_millis(200),
+            timeout: Duration::from_millis(500),
+            pool_idle_timeout: Duration::from_secs(1),
+            pool_max_idle_per_host: 1,
+            forward_other: true,
+        }));
+        let metrics = TokenMetrics {
+            success: IntCounter::new("s", "s").unwrap(),
+            error: IntCounter::new("e", "e").unwrap(),
+            expiry: Gauge::new("x", "x").unwrap(),
+        };
+        // Port 9 (discard) on loopback: nothing listens, so fetches fail fast.
+        TokenSource::new(
+            "t",
+            credentials,
+            "http://127.0.0.1:9".parse().unwrap(),
+            upstream,
+            policy,
+            metrics,
+        )
+    }
+
+    fn agora() -> Credentials {
+        Credentials::Agora {
+            app_id: "a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6".into(),
+            certificate: SecretString::from("0f1e2d3c4b5a69788796a5b4c3d2e1f0"),
+            expire_secs: 100,
+        }
+    }
+
+    fn easemob() -> Credentials {
+        Credentials::Easemob {
+            org: "o".into(),
+            app: "a".into(),
+            client_id: "id".into(),
+            client_secret: SecretString::from("secret"),
+            ttl_secs: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn tokens_are_renewed_within_the_jittered_fraction_and_never_shown() {
+        let s = source(agora(), TokenPolicy::default());
+        let t = s
+            .app_token(
+                "secret-token",
+                Instant::now(),
+                Some(Duration::from_secs(100)),
+            )
+            .unwrap();
+        let after = t.refresh_at.duration_since(Instant::now());
+        assert!(
+            after <= Duration::from_secs(50) && after >= Duration::from_secs(44),
+            "{after:?}"
+        );
         assert!(t.header.is_sensitive());
         assert!(!format!("{t:?}").contains("secret-token"));
     }
 
-    #[test]
-    fn a_token_that_never_expires_is_still_renewed_daily() {
-        let t = app_token("x", None).unwrap();
-        assert!(t.refresh_at.duration_since(Instant::now()) <= NEVER_EXPIRES_REFRESH);
+    #[tokio::test]
+    async fn agora_tokens_are_minted_without_the_network_and_shared() {
+        let s = source(agora(), TokenPolicy::default());
+        let first = s.token().await.unwrap();
+        let second = s.token().await.unwrap();
+        assert!(Arc::ptr_eq(&first, &second));
+        assert!(s.is_ready());
+        assert_eq!(s.metrics.success.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_rejected_token_is_replaced_once_for_all_who_saw_it() {
+        let s = source(agora(), TokenPolicy::default());
+        let rejected = s.token().await.unwrap();
+        let a = s.replace_rejected(&rejected).await.unwrap();
+        let b = s.replace_rejected(&rejected).await.unwrap();
+        assert!(!Arc::ptr_eq(&a, &rejected));
+        assert!(
+            Arc::ptr_eq(&a, &b),
+            "the second 401 reuses the first renewal"
+        );
+        assert_eq!(s.metrics.success.get(), 2);
+    }
+
+    #[tokio::test]
+    async fn failed_fetches_back_off_exponentially() {
+        let policy = TokenPolicy {
+            retry_initial: Duration::from_secs(5),
+            ..TokenPolicy::default()
+        };
+        let s = source(easemob(), policy);
+        assert!(matches!(s.token().await, Err(TokenError::Upstream(_))));
+        assert!(
+            matches!(s.token().await, Err(TokenError::BackingOff(d)) if d > Duration::from_secs(4))
+        );
+        assert_eq!(s.metrics.error.get(), 1, "no second call while backing off");
+        assert!(!s.is_ready());
+    }
+
+    #[tokio::test]
+    async fn token_endpoint_calls_are_capped_per_minute() {
+        let policy = TokenPolicy {
+            max_fetches_per_minute: 2,
+            retry_initial: Duration::ZERO,
+            ..TokenPolicy::default()
+        };
+        let s = source(easemob(), policy);
+        for _ in 0..2 {
+            assert!(matches!(s.token().await, Err(TokenError::Upstream(_))));
+        }
+        assert!(matches!(s.token().await, Err(TokenError::Capped(2))));
+        assert!(
+            matches!(s.token().await, Err(TokenError::BackingOff(d)) if d > Duration::from_secs(50))
+        );
     }
 }

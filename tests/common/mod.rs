@@ -256,7 +256,7 @@ impl TestGateway {
         };
         let addr = listeners.api.local_addr().unwrap();
         let admin = listeners.admin.local_addr().unwrap();
-        let gateway = imgate::Gateway::new(settings, prometheus::Registry::new()).unwrap();
+        let gateway = imgate::Gateway::new(settings, prometheus::Registry::new(), None).unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(imgate::run(listeners, gateway.clone(), async move {
             let _ = stopped.await;

@@ -1,0 +1,106 @@
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, and the admin API under `/admin/`
+//! (which requires the admin key as `Authorization: Bearer …`).
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, StatusCode};
+use hyper::body::Incoming;
+use hyper::Request;
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::auth::{bearer, digests_equal};
+use crate::gateway::{Gateway, Snapshot};
+use crate::server::{json_response, HttpResponse};
+use crate::vendor::error_body;
+
+/// Answers one admin request.
+pub async fn handle(gateway: &Gateway, req: Request<Incoming>) -> HttpResponse {
+    let snapshot = gateway.snapshot();
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => json_response(200, Bytes::from_static(br#"{"status":"ok"}"#)),
+        (&Method::GET, "/readyz") => readiness(&snapshot),
+        (&Method::GET, "/metrics") => {
+            let mut response = json_response(200, Bytes::from(gateway.metrics.encode()));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            response
+        }
+        (&Method::POST, "/admin/tokens/rotate") => {
+            if let Some(refused) = refusal(&snapshot, &req) {
+                return refused;
+            }
+            rotate(&snapshot, req.uri().query()).await
+        }
+        _ => error(404, "imgate_no_route", "no admin endpoint at this path"),
+    }
+}
+
+/// Ready when every app holds a valid token; otherwise 503 naming the degraded apps.
+fn readiness(snapshot: &Snapshot) -> HttpResponse {
+    let apps: Map<String, Value> = snapshot
+        .apps
+        .iter()
+        .map(|app| {
+            let state = if app.tokens.is_ready() {
+                "ok"
+            } else {
+                "degraded"
+            };
+            (app.name.clone(), Value::from(state))
+        })
+        .collect();
+    let ready = apps.values().all(|state| state == "ok");
+    let body = json!({"status": if ready { "ready" } else { "degraded" }, "apps": apps});
+    json_response(if ready { 200 } else { 503 }, Bytes::from(body.to_string()))
+}
+
+/// The answer to an admin request without the admin key; `None` when it carries the key.
+fn refusal(snapshot: &Snapshot, req: &Request<Incoming>) -> Option<HttpResponse> {
+    let Some(expected) = snapshot.admin_key_sha256 else {
+        let why = "the admin API is off: set admin.key";
+        return Some(error(403, "imgate_admin_disabled", why));
+    };
+    let presented: Option<[u8; 32]> =
+        bearer(req.headers()).map(|k| Sha256::digest(k.as_bytes()).into());
+    let matches = presented.is_some_and(|p| digests_equal(&p, &expected));
+    let why = "imgate refused the request: missing or invalid admin key";
+    (!matches).then(|| error(401, "unauthorized", why))
+}
+
+/// `POST /admin/tokens/rotate[?app=NAME]`: a new token now, for one app or all.
+async fn rotate(snapshot: &Snapshot, query: Option<&str>) -> HttpResponse {
+    let wanted = query
+        .unwrap_or("")
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("app="));
+    let apps: Vec<_> = match wanted {
+        Some(name) => match snapshot.app_named(name) {
+            Some(app) => vec![app.clone()],
+            None => return error(404, "imgate_unknown_app", &format!("no app named {name:?}")),
+        },
+        None => snapshot.apps.clone(),
+    };
+    let mut rotated = Vec::new();
+    for app in &apps {
+        if let Err(err) = app.tokens.rotate().await {
+            let message = format!("app {}: {err}", app.name);
+            tracing::warn!(app = %app.name, error = %err, "token rotation failed");
+            return error(502, "imgate_token_unavailable", &message);
+        }
+        rotated.push(app.name.clone());
+    }
+    tracing::info!(apps = ?rotated, "app tokens rotated");
+    json_response(200, Bytes::from(json!({ "rotated": rotated }).to_string()))
+}
+
+fn error(status: u16, name: &str, description: &str) -> HttpResponse {
+    let mut response = json_response(status, error_body(name, "ImgateException", description));
+    if status == StatusCode::UNAUTHORIZED.as_u16() {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
+}
