@@ -197,12 +197,16 @@ async fn run_demo(addrs: DemoAddrs, settings: Settings) -> Result<(), CliError> 
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    println!(
-        "imgate demo: gateway http://{}  admin http://{}  vendor emulator http://{}",
-        addrs.listen, addrs.admin_listen, addrs.emulator_listen
+    let banner = format!(
+        "imgate demo: gateway http://{}  admin http://{}  vendor emulator http://{}\n\
+         Paste these into another terminal (Ctrl-C here stops the demo):\n{}",
+        addrs.listen,
+        addrs.admin_listen,
+        addrs.emulator_listen,
+        demo::curl_commands(addrs)
     );
-    println!("Paste these into another terminal (Ctrl-C here stops the demo):");
-    println!("{}", demo::curl_commands(addrs));
+    // One write, and a closed stdout (a pager quit early) is no reason to stop the demo.
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), banner.as_bytes());
     tokio::join!(
         emulator.run(emulator_listener, wait(stopped)),
         crate::run(listeners, gateway, wait(stopped_too)),

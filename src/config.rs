@@ -590,10 +590,10 @@ fn validate_app(at: &str, app: &RawApp) -> Result<AppSettings, ConfigError> {
             let expire_secs = app
                 .token_expire_secs
                 .unwrap_or(vendor::MAX_AGORA_EXPIRE_SECS);
-            if !(60..=vendor::MAX_AGORA_EXPIRE_SECS).contains(&expire_secs) {
+            if !(1..=vendor::MAX_AGORA_EXPIRE_SECS).contains(&expire_secs) {
                 return Err(bad(
                     field("token_expire_secs"),
-                    "must be between 60 and 86400",
+                    "must be between 1 and 86400",
                 ));
             }
             Credentials::Agora {

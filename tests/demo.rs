@@ -40,7 +40,8 @@ fn the_printed_curl_commands_work_as_pasted() {
     let stdout = child.0.stdout.take().unwrap();
     let mut commands = Vec::new();
     let started = Instant::now();
-    for line in BufReader::new(stdout).lines() {
+    let mut lines = BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
         let line = line.unwrap();
         if line.starts_with("curl ") || line.starts_with("MSG=") {
             commands.push(line.clone());
@@ -72,4 +73,5 @@ fn the_printed_curl_commands_work_as_pasted() {
         assert!(text.contains(expected), "{expected} missing from:\n{text}");
     }
     assert!(!text.contains("\"error\""), "no command failed:\n{text}");
+    drop(lines);
 }

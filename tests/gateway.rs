@@ -511,22 +511,3 @@ async fn futures_join_all<F: std::future::Future<Output = Resp> + Send + 'static
     }
     out
 }
-
-#[tokio::test]
-async fn easemob_tokens_are_renewed_at_half_their_life() {
-    let emu = TestEmulator::demo().await;
-    let mut raw = demo_config(&emu.base());
-    raw.apps[1].token_ttl_secs = Some(2);
-    let gw = TestGateway::start(raw).await;
-    let url = format!("{}/users/u/offline_msg_count", gw.easemob());
-    assert_eq!(call(Method::GET, &url, None).await.status, 200);
-    assert_eq!(call(Method::GET, &url, None).await.status, 200);
-    assert_eq!(emu.requests("token").await, 1, "the token is shared");
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(call(Method::GET, &url, None).await.status, 200);
-    assert_eq!(
-        emu.requests("token").await,
-        2,
-        "renewed after half of its 2 s"
-    );
-}

@@ -416,23 +416,28 @@ impl TokenSource {
         let mut header =
             HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| TokenError::Unusable)?;
         header.set_sensitive(true);
-        let (expires_at, refresh_after) = match lifetime {
+        let now = Instant::now();
+        let (expires_at, refresh_at) = match lifetime {
             Some(life) => {
+                let expires_at = issued_at + life;
+                // A fraction of the life left now: an Agora token minted late in a second has
+                // lost the part of that second already (its clock counts whole seconds).
+                let left = expires_at.saturating_duration_since(now);
                 let jitter = 1.0 - self.policy.refresh_jitter * rand::thread_rng().gen::<f64>();
                 (
-                    issued_at + life,
-                    life.mul_f64(self.policy.refresh_fraction * jitter),
+                    expires_at,
+                    now + left.mul_f64(self.policy.refresh_fraction * jitter),
                 )
             }
             None => (
-                issued_at + Duration::from_secs(100 * 365 * 24 * 3600),
-                NEVER_EXPIRES_REFRESH,
+                now + Duration::from_secs(100 * 365 * 24 * 3600),
+                now + NEVER_EXPIRES_REFRESH,
             ),
         };
         Ok(AppToken {
             header,
             expires_at,
-            refresh_at: issued_at + refresh_after,
+            refresh_at,
         })
     }
 }
