@@ -1299,3 +1299,123 @@ async fn unknown_control_paths_are_404() {
         .await
         .assert_error(404, "service_resource_not_found");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Run-time credentials and revocation
+
+async fn put_credentials(emu: &TestEmulator, body: Value) -> Resp {
+    let url = format!("{}/__emulator/credentials", emu.base());
+    common::http(Method::PUT, &url, &[], Some(&body.to_string())).await
+}
+
+#[tokio::test]
+async fn a_second_agora_certificate_is_accepted_alongside_the_first_until_it_replaces_it() {
+    const NEW: &str = "00112233445566778899aabbccddeeff";
+    let emu = TestEmulator::demo().await;
+    let now = now_secs();
+    let old_token = agora_token_with(demo::AGORA_APP_ID, demo::AGORA_APP_CERTIFICATE, now, 600);
+    let new_token = agora_token_with(demo::AGORA_APP_ID, NEW, now, 600);
+    assert_eq!(agora_with_token(&emu, &new_token).await.status, 401);
+    let body = json!({"app_id": demo::AGORA_APP_ID, "app_certificate": NEW, "keep_previous": true});
+    assert_eq!(put_credentials(&emu, body).await.status, 200);
+    assert_eq!(agora_with_token(&emu, &old_token).await.status, 200);
+    assert_eq!(agora_with_token(&emu, &new_token).await.status, 200);
+    let body = json!({"app_id": demo::AGORA_APP_ID, "app_certificate": NEW});
+    assert_eq!(put_credentials(&emu, body).await.status, 200);
+    agora_with_token(&emu, &old_token)
+        .await
+        .assert_error(401, "auth_bad_access_token");
+    assert_eq!(agora_with_token(&emu, &new_token).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_new_easemob_secret_is_required_for_new_tokens_while_issued_ones_stay_valid() {
+    let emu = TestEmulator::demo().await;
+    let issued = emu.easemob_token().await;
+    let body = json!({"org": demo::EASEMOB_ORG, "app": demo::EASEMOB_APP, "client_secret": "s2"});
+    assert_eq!(put_credentials(&emu, body).await.status, 200);
+    assert_eq!(easemob_with_token(&emu, &issued).await.status, 200);
+    let old_secret = json!({"grant_type":"client_credentials","client_id":demo::EASEMOB_CLIENT_ID,"client_secret":demo::EASEMOB_CLIENT_SECRET});
+    let url = format!("{}/token", emu.easemob());
+    let json_type = [("content-type", "application/json")];
+    common::http(
+        Method::POST,
+        &url,
+        &json_type,
+        Some(&old_secret.to_string()),
+    )
+    .await
+    .assert_error(400, "invalid_grant");
+    let new_secret = json!({"grant_type":"client_credentials","client_id":demo::EASEMOB_CLIENT_ID,"client_secret":"s2"});
+    let resp = common::http(
+        Method::POST,
+        &url,
+        &json_type,
+        Some(&new_secret.to_string()),
+    )
+    .await;
+    assert_eq!(resp.status, 200);
+}
+
+#[tokio::test]
+async fn credential_changes_must_name_an_app_and_fit_its_vendor() {
+    let emu = TestEmulator::demo().await;
+    let cases = [
+        (json!({"app_certificate": "x"}), 400),
+        (
+            json!({"app_id": "ffffffffffffffffffffffffffffffff", "app_certificate": "x"}),
+            404,
+        ),
+        (
+            json!({"app_id": demo::AGORA_APP_ID, "client_secret": "x"}),
+            400,
+        ),
+        (
+            json!({"org": demo::EASEMOB_ORG, "app": demo::EASEMOB_APP, "app_certificate": "x"}),
+            400,
+        ),
+        (json!({"unknown": 1}), 400),
+    ];
+    for (body, status) in cases {
+        assert_eq!(
+            put_credentials(&emu, body.clone()).await.status,
+            status,
+            "{body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn revoking_tokens_invalidates_issued_easemob_tokens_and_older_agora_tokens() {
+    let emu = TestEmulator::demo().await;
+    let easemob = emu.easemob_token().await;
+    let now = now_secs();
+    let earlier = agora_token_with(
+        demo::AGORA_APP_ID,
+        demo::AGORA_APP_CERTIFICATE,
+        now - 5,
+        600,
+    );
+    let url = format!("{}/__emulator/revoke-tokens", emu.base());
+    assert_eq!(
+        common::http(Method::POST, &url, &[], None).await.status,
+        200
+    );
+    assert_eq!(easemob_with_token(&emu, &easemob).await.status, 401);
+    agora_with_token(&emu, &earlier)
+        .await
+        .assert_error(401, "unauthorized");
+    let fresh = agora_token_with(
+        demo::AGORA_APP_ID,
+        demo::AGORA_APP_CERTIFICATE,
+        now_secs(),
+        600,
+    );
+    assert_eq!(
+        agora_with_token(&emu, &fresh).await.status,
+        200,
+        "issued this second"
+    );
+    let reissued = emu.easemob_token().await;
+    assert_eq!(easemob_with_token(&emu, &reissued).await.status, 200);
+}
