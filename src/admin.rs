@@ -9,7 +9,9 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::auth::{bearer, digests_equal};
+use crate::cache::Kind;
 use crate::gateway::{Gateway, Snapshot};
+use crate::route::Endpoint;
 use crate::server::{json_response, HttpResponse};
 use crate::vendor::error_body;
 
@@ -20,6 +22,7 @@ pub async fn handle(gateway: &Gateway, req: Request<Incoming>) -> HttpResponse {
         (&Method::GET, "/healthz") => json_response(200, Bytes::from_static(br#"{"status":"ok"}"#)),
         (&Method::GET, "/readyz") => readiness(&snapshot),
         (&Method::GET, "/metrics") => {
+            gateway.metrics.cache_entries(&gateway.cache.entry_counts());
             let mut response = json_response(200, Bytes::from(gateway.metrics.encode()));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -32,6 +35,12 @@ pub async fn handle(gateway: &Gateway, req: Request<Incoming>) -> HttpResponse {
                 return refused;
             }
             rotate(&snapshot, req.uri().query()).await
+        }
+        (&Method::POST, "/admin/cache/purge") => {
+            if let Some(refused) = refusal(&snapshot, &req) {
+                return refused;
+            }
+            purge(gateway, &snapshot, req.uri().query()).await
         }
         _ => error(404, "imgate_no_route", "no admin endpoint at this path"),
     }
@@ -93,6 +102,53 @@ async fn rotate(snapshot: &Snapshot, query: Option<&str>) -> HttpResponse {
     }
     tracing::info!(apps = ?rotated, "app tokens rotated");
     json_response(200, Bytes::from(json!({ "rotated": rotated }).to_string()))
+}
+
+/// `POST /admin/cache/purge[?app=NAME][&endpoint=NAME][&user=ID]`: drops what matches all
+/// the given filters (everything without any).
+async fn purge(gateway: &Gateway, snapshot: &Snapshot, query: Option<&str>) -> HttpResponse {
+    let param = |name: &str| {
+        query
+            .unwrap_or("")
+            .split('&')
+            .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+            .filter(|v| !v.is_empty())
+    };
+    let apps: Vec<&str> = match param("app") {
+        Some(name) if snapshot.app_named(name).is_none() => {
+            return error(404, "imgate_unknown_app", &format!("no app named {name:?}"))
+        }
+        Some(name) => vec![name],
+        None => snapshot.apps.iter().map(|a| a.name.as_str()).collect(),
+    };
+    let kinds: Vec<Kind> = match param("endpoint") {
+        Some(name) => match Endpoint::from_name(name).and_then(Kind::cached_by) {
+            Some(kind) => vec![kind],
+            None => {
+                let why = "endpoint must be offline_msg_count, offline_msg_status, presence_batch_get or presence_sublist";
+                return error(400, "imgate_bad_request", why);
+            }
+        },
+        None => Kind::ALL.to_vec(),
+    };
+    let cache = &gateway.cache;
+    match param("user") {
+        Some(user) => {
+            for app in &apps {
+                for kind in &kinds {
+                    cache.invalidate(*kind, app, user).await;
+                }
+            }
+        }
+        None if param("app").is_none() && param("endpoint").is_none() => cache.purge_all(),
+        None => {
+            for kind in &kinds {
+                cache.purge_apps(*kind, &apps);
+            }
+        }
+    }
+    let body = json!({"purged": {"apps": apps, "endpoints": kinds.iter().map(|k| k.name()).collect::<Vec<_>>(), "user": param("user")}});
+    json_response(200, Bytes::from(body.to_string()))
 }
 
 fn error(status: u16, name: &str, description: &str) -> HttpResponse {

@@ -12,6 +12,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::cache::{CachePolicy, CacheSettings};
 use crate::server::ConnLimits;
 use crate::token::TokenPolicy;
 use crate::vendor::{self, VendorKind};
@@ -52,6 +53,9 @@ pub struct RawConfig {
     /// Client tokens issued by imgate's SDK-compatible token endpoint.
     #[serde(default)]
     pub client_tokens: RawClientTokens,
+    /// The read cache.
+    #[serde(default)]
+    pub cache: RawCache,
     /// The vendor apps imgate fronts.
     #[serde(default)]
     pub apps: Vec<RawApp>,
@@ -176,6 +180,80 @@ impl Default for RawClientTokens {
     }
 }
 
+/// `[cache]`: per-endpoint policies of the read cache.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawCache {
+    /// `GET …/users/{u}/offline_msg_count`.
+    pub offline_count: RawCachePolicy,
+    /// `GET …/users/{u}/offline_msg_status/{id}`; `ttl_ms` applies to `undelivered`.
+    pub offline_status: RawCachePolicy,
+    /// Presence per user, from `POST …/users/{u}/presence` batch gets.
+    pub presence: RawCachePolicy,
+    /// `GET …/users/{u}/presence/sublist`.
+    pub sublist: RawCachePolicy,
+}
+
+impl Default for RawCache {
+    fn default() -> Self {
+        let policy = |ttl_ms, max_entries| RawCachePolicy {
+            ttl_ms,
+            max_entries,
+            ..RawCachePolicy::default()
+        };
+        RawCache {
+            offline_count: policy(2_000, 1_000_000),
+            offline_status: RawCachePolicy {
+                delivered_ttl_ms: Some(3_600_000),
+                ..policy(2_000, 1_000_000)
+            },
+            presence: RawCachePolicy {
+                batch_window_ms: Some(2),
+                max_batch_users: Some(vendor::MAX_USERNAMES),
+                ..policy(5_000, 1_000_000)
+            },
+            sublist: policy(5_000, 100_000),
+        }
+    }
+}
+
+/// One endpoint's cache policy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawCachePolicy {
+    /// How long an answer is fresh, ms; 0 turns caching of this endpoint off.
+    pub ttl_ms: u64,
+    /// After that, serve the stale answer at once and refresh it in the background, ms.
+    pub stale_while_revalidate_ms: u64,
+    /// After that, serve the stale answer when the vendor fails (5xx, 429, timeout), ms.
+    pub stale_if_error_ms: u64,
+    /// Most entries kept.
+    pub max_entries: u64,
+    /// offline_status only: how long `delivered` (final) is kept, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivered_ttl_ms: Option<u64>,
+    /// presence only: how long single lookups wait to be merged into one vendor call, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_window_ms: Option<u64>,
+    /// presence only: most users in one merged vendor call (at most 100).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_batch_users: Option<usize>,
+}
+
+impl Default for RawCachePolicy {
+    fn default() -> Self {
+        RawCachePolicy {
+            ttl_ms: 2_000,
+            stale_while_revalidate_ms: 1_000,
+            stale_if_error_ms: 60_000,
+            max_entries: 100_000,
+            delivered_ttl_ms: None,
+            batch_window_ms: None,
+            max_batch_users: None,
+        }
+    }
+}
+
 /// One `[[apps]]` entry.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -250,6 +328,8 @@ pub struct Settings {
     pub client_token_ttl: Duration,
     /// Key that signs client tokens, when configured.
     pub client_token_key: Option<SecretString>,
+    /// The read cache's policies.
+    pub cache: CacheSettings,
     /// The apps.
     pub apps: Vec<AppSettings>,
     /// The clients.
@@ -491,7 +571,9 @@ impl RawConfig {
                 "must be at least 32 characters",
             ));
         }
+        let cache = validate_cache(&self.cache)?;
         Ok(Settings {
+            cache,
             token_policy,
             client_token_ttl: Duration::from_secs(ct.ttl_secs),
             client_token_key,
@@ -505,6 +587,62 @@ impl RawConfig {
             clients,
         })
     }
+}
+
+fn validate_cache(raw: &RawCache) -> Result<CacheSettings, ConfigError> {
+    let policy =
+        |name: &str, p: &RawCachePolicy, extras: &[&str]| -> Result<CachePolicy, ConfigError> {
+            let present = [
+                ("delivered_ttl_ms", p.delivered_ttl_ms.is_some()),
+                ("batch_window_ms", p.batch_window_ms.is_some()),
+                ("max_batch_users", p.max_batch_users.is_some()),
+            ];
+            if let Some((field, _)) = present.iter().find(|(f, set)| *set && !extras.contains(f)) {
+                return Err(bad(
+                    format!("cache.{name}.{field}"),
+                    "not used by this cache",
+                ));
+            }
+            if p.max_entries == 0 {
+                return Err(bad(
+                    format!("cache.{name}.max_entries"),
+                    "must be greater than 0",
+                ));
+            }
+            Ok(CachePolicy {
+                ttl: Duration::from_millis(p.ttl_ms),
+                stale_while_revalidate: Duration::from_millis(p.stale_while_revalidate_ms),
+                stale_if_error: Duration::from_millis(p.stale_if_error_ms),
+                max_entries: p.max_entries,
+            })
+        };
+    let presence = &raw.presence;
+    let max_batch_users = presence.max_batch_users.unwrap_or(vendor::MAX_USERNAMES);
+    if !(1..=vendor::MAX_USERNAMES).contains(&max_batch_users) {
+        return Err(bad(
+            "cache.presence.max_batch_users",
+            "must be between 1 and 100",
+        ));
+    }
+    let batch_window = Duration::from_millis(presence.batch_window_ms.unwrap_or(2));
+    if batch_window > Duration::from_secs(1) {
+        return Err(bad("cache.presence.batch_window_ms", "at most 1000"));
+    }
+    Ok(CacheSettings {
+        offline_count: policy("offline_count", &raw.offline_count, &[])?,
+        offline_status: policy("offline_status", &raw.offline_status, &["delivered_ttl_ms"])?,
+        delivered_ttl: Duration::from_millis(
+            raw.offline_status.delivered_ttl_ms.unwrap_or(3_600_000),
+        ),
+        presence: policy(
+            "presence",
+            presence,
+            &["batch_window_ms", "max_batch_users"],
+        )?,
+        sublist: policy("sublist", &raw.sublist, &[])?,
+        batch_window,
+        max_batch_users,
+    })
 }
 
 fn vendor_identity(credentials: &Credentials) -> String {

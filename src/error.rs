@@ -1,6 +1,8 @@
 //! Every way a gateway request can fail, who is at fault, and the one mapping to a status and a
 //! vendor-shaped JSON body (so vendor SDKs and callers parse imgate's errors like the vendor's).
 
+use std::sync::Arc;
+
 use crate::server::{json_response, HttpResponse};
 use crate::token::TokenError;
 use crate::upstream::UpstreamError;
@@ -48,6 +50,12 @@ pub enum GatewayError {
     /// The vendor rejected imgate's own app token.
     #[error("the vendor rejected imgate's app token")]
     UpstreamUnauthorized,
+    /// The error of a vendor call that this request shared with others (a coalesced miss).
+    #[error(transparent)]
+    Shared(Arc<GatewayError>),
+    /// A merged call this request waited for ended without an answer (imgate's fault).
+    #[error("a merged vendor call was abandoned")]
+    BatchAbandoned,
 }
 
 /// Who caused an error: decides whether a retry may help and how it is logged.
@@ -75,6 +83,8 @@ impl GatewayError {
             GatewayError::Token(_) => 503,
             GatewayError::Upstream(UpstreamError::Timeout) => 504,
             GatewayError::Upstream(_) | GatewayError::UpstreamUnauthorized => 502,
+            GatewayError::Shared(inner) => inner.status(),
+            GatewayError::BatchAbandoned => 500,
         }
     }
 
@@ -98,6 +108,8 @@ impl GatewayError {
             GatewayError::Upstream(UpstreamError::Connect(_)) => "imgate_upstream_unavailable",
             GatewayError::Upstream(_) => "imgate_upstream_error",
             GatewayError::UpstreamUnauthorized => "imgate_upstream_unauthorized",
+            GatewayError::Shared(inner) => inner.name(),
+            GatewayError::BatchAbandoned => "imgate_internal_error",
         }
     }
 
@@ -114,8 +126,21 @@ impl GatewayError {
             | GatewayError::UnsupportedMediaType
             | GatewayError::BadJson
             | GatewayError::OtherNotForwarded => Fault::Caller,
-            GatewayError::Token(_) | GatewayError::UpstreamUnauthorized => Fault::Imgate,
+            GatewayError::Token(_)
+            | GatewayError::UpstreamUnauthorized
+            | GatewayError::BatchAbandoned => Fault::Imgate,
             GatewayError::Upstream(_) => Fault::Vendor,
+            GatewayError::Shared(inner) => inner.fault(),
+        }
+    }
+
+    /// Whether the vendor failed to answer (connection, timeout, no token from its token
+    /// endpoint): a stale cached answer may stand in.
+    pub fn is_vendor_failure(&self) -> bool {
+        match self {
+            GatewayError::Upstream(_) | GatewayError::Token(_) => true,
+            GatewayError::Shared(inner) => inner.is_vendor_failure(),
+            _ => false,
         }
     }
 

@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::auth::{ClientTokenKey, Clients};
+use crate::cache::Cache;
 use crate::config::{ConfigError, Credentials, RawConfig, Settings};
 use crate::metrics::Metrics;
 use crate::route::AppRef;
@@ -165,6 +166,8 @@ pub struct Gateway {
     pub upstream: Arc<Upstream>,
     /// The metrics.
     pub metrics: Metrics,
+    /// The read cache (its policies are fixed at start).
+    pub cache: Arc<Cache>,
     config_path: Option<PathBuf>,
     /// Used when the configuration names no signing key, so tokens survive reloads.
     process_token_key: Arc<ClientTokenKey>,
@@ -206,6 +209,7 @@ impl Gateway {
             conn_limits,
             upstream,
             metrics,
+            cache: Arc::new(Cache::new(settings.cache.clone())),
             config_path,
             process_token_key,
             current: ArcSwap::from_pointee(Snapshot {

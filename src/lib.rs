@@ -8,6 +8,8 @@
 //! - [`vendor`]: what differs between and is known about the vendors: kinds, error bodies, quotas.
 //! - [`config`]: TOML → validated settings; secrets from `${ENV}` or `file:`.
 //! - [`auth`]: caller identity from client keys.
+//! - [`cache`]: the read cache (moka): coalescing, stale serving, presence per user, effects.
+//! - [`forward`]: one vendor call with the app token, 401 renewal and replay, and its metrics.
 //! - [`upstream`]: the pooled vendor client and the forwarding header rules.
 //! - [`error`]: every gateway error and its one mapping to a vendor-shaped response.
 //! - [`metrics`]: the Prometheus metrics, on a registry passed in.
@@ -20,11 +22,13 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod emulator;
 pub mod error;
+pub mod forward;
 pub mod gateway;
 pub mod metrics;
 pub mod pipeline;

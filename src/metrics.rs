@@ -5,10 +5,21 @@
 //! with `-` where a request never got that far. Never a user id, key or token.
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::cache::{CacheStatus, Kind};
+use crate::route::Endpoint;
 use crate::token::TokenMetrics;
+
+/// Endpoints whose reads go through the cache.
+const CACHED_ENDPOINTS: [Endpoint; 4] = [
+    Endpoint::OfflineMsgCount,
+    Endpoint::OfflineMsgStatus,
+    Endpoint::PresenceBatchGet,
+    Endpoint::PresenceSublist,
+];
 
 /// Buckets in seconds: sub-millisecond cache hits up to multi-second vendor calls.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -26,6 +37,10 @@ pub struct Metrics {
     token_refreshes: IntCounterVec,
     token_expiry: GaugeVec,
     config_reloads: IntCounterVec,
+    /// `imgate_cache_lookups_total` handles, resolved once: [endpoint][result].
+    cache_lookups: Vec<(Endpoint, [IntCounter; 4])>,
+    cache_entries: IntGaugeVec,
+    presence_batch_users: Histogram,
 }
 
 impl Metrics {
@@ -82,6 +97,37 @@ impl Metrics {
             ),
             &["result"],
         )?;
+        let cache_lookups_vec = IntCounterVec::new(
+            Opts::new(
+                "imgate_cache_lookups_total",
+                "Cached reads, by endpoint and result (hit, miss, stale, coalesced).",
+            ),
+            &["endpoint", "result"],
+        )?;
+        let cache_lookups = CACHED_ENDPOINTS
+            .iter()
+            .map(|e| {
+                (
+                    *e,
+                    CacheStatus::ALL
+                        .map(|r| cache_lookups_vec.with_label_values(&[e.name(), r.label()])),
+                )
+            })
+            .collect();
+        let cache_entries = IntGaugeVec::new(
+            Opts::new("imgate_cache_entries", "Entries held, by cache."),
+            &["cache"],
+        )?;
+        let presence_batch_users = Histogram::with_opts(
+            HistogramOpts::new(
+                "imgate_presence_batch_users",
+                "Users per presence batch call sent to the vendor.",
+            )
+            .buckets(vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0]),
+        )?;
+        registry.register(Box::new(cache_lookups_vec))?;
+        registry.register(Box::new(cache_entries.clone()))?;
+        registry.register(Box::new(presence_batch_users.clone()))?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
         registry.register(Box::new(upstream_requests.clone()))?;
@@ -98,6 +144,9 @@ impl Metrics {
             token_refreshes,
             token_expiry,
             config_reloads,
+            cache_lookups,
+            cache_entries,
+            presence_batch_users,
         })
     }
 
@@ -119,6 +168,31 @@ impl Metrics {
         self.upstream_duration
             .with_label_values(&[app, endpoint])
             .observe(seconds);
+    }
+
+    /// Records one cached read of `endpoint` (a name from [`Endpoint::name`]).
+    pub fn cache_lookup(&self, endpoint: &str, result: CacheStatus) {
+        if let Some((_, counters)) = self
+            .cache_lookups
+            .iter()
+            .find(|(e, _)| e.name() == endpoint)
+        {
+            counters[result as usize].inc();
+        }
+    }
+
+    /// Sets `imgate_cache_entries` (called when metrics are scraped).
+    pub fn cache_entries(&self, counts: &[(Kind, u64)]) {
+        for (kind, count) in counts {
+            self.cache_entries
+                .with_label_values(&[kind.name()])
+                .set(i64::try_from(*count).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// The histogram of users per presence batch call.
+    pub fn presence_batch_users(&self) -> &Histogram {
+        &self.presence_batch_users
     }
 
     /// The token metrics of one app.

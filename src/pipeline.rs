@@ -4,37 +4,42 @@
 //! 2. authenticate: client key or imgate client token → client (401), may use the app (403);
 //!    `POST {prefix}/token` is answered here with a client token, never forwarded
 //! 3. limit (client): per-client quota (a later version)
-//! 4. cache: answer reads from the cache (a later version)
+//! 4. cache: offline counts and statuses, subscription lists and presence per user, from the
+//!    cache or from one coalesced vendor call ([`crate::cache`])
 //! 5. limit (vendor): the vendor's per-app quota (a later version)
 //! 6. upstream: inject the app token, forward over the pooled client; on a vendor 401 renew
-//!    the token once and replay the (buffered) request once
-//! 7. effects: writes that invalidate cache entries (a later version)
-//! 8. respond: the vendor's answer, verbatim
+//!    the token once and replay the (buffered) request once ([`crate::forward`])
+//! 7. effects: writes the vendor accepted invalidate or refresh cache entries
+//! 8. respond: the vendor's answer verbatim (or rebuilt from the cache), with `X-Cache`, `Age`
 //!
 //! A request works with the configuration snapshot it started with, whatever reloads happen.
 //! Every request, answered or refused, ends in [`handle`]: one metrics record, one access-log line,
 //! and `X-Request-Id` on the response. An error becomes a response in one place:
 //! [`GatewayError::to_response`].
 
-use std::time::Instant;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use http::request::Parts;
-use http::{Request, Response};
+use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-
 use serde_json::{json, Value};
 
+use crate::cache::presence::{self, BatchError, SendBatch};
+use crate::cache::{json_content_type, Answer, CacheStatus, Fetch, Key, Kind};
 use crate::error::GatewayError;
+use crate::forward::{VendorCall, X_REQUEST_ID};
 use crate::gateway::{App, Gateway, Snapshot};
-use crate::route::{self, Endpoint};
+use crate::route::{self, Endpoint, Route};
 use crate::server::{self, BodyError, HttpResponse};
-use crate::upstream::{forward_headers, vendor_uri, UpstreamError, VendorResponse};
+use crate::upstream::{forward_headers, UpstreamError, VendorResponse};
 use crate::vendor;
 
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+static AGE: HeaderName = HeaderName::from_static("age");
 /// Longest caller-supplied request id that is echoed; longer ones are replaced.
 const MAX_REQUEST_ID: usize = 128;
 
@@ -43,12 +48,13 @@ struct Trace<'g> {
     client: &'g str,
     app: &'g str,
     endpoint: &'static str,
+    cache: Option<CacheStatus>,
     vendor_status: Option<u16>,
     vendor_seconds: f64,
 }
 
 /// Answers one API request; never fails (errors become vendor-shaped responses).
-pub async fn handle(gateway: &Gateway, req: Request<Incoming>) -> HttpResponse {
+pub async fn handle(gateway: &Arc<Gateway>, req: Request<Incoming>) -> HttpResponse {
     let started = Instant::now();
     let request_id = request_id(req.headers());
     let method = req.method().clone();
@@ -57,6 +63,7 @@ pub async fn handle(gateway: &Gateway, req: Request<Incoming>) -> HttpResponse {
         client: "-",
         app: "-",
         endpoint: "-",
+        cache: None,
         vendor_status: None,
         vendor_seconds: 0.0,
     };
@@ -81,6 +88,9 @@ pub async fn handle(gateway: &Gateway, req: Request<Incoming>) -> HttpResponse {
         status.as_str(),
         seconds,
     );
+    if let Some(cache) = trace.cache {
+        gateway.metrics.cache_lookup(trace.endpoint, cache);
+    }
     tracing::info!(
         target: "imgate::access",
         request_id = request_id.to_str().unwrap_or("-"),
@@ -89,6 +99,7 @@ pub async fn handle(gateway: &Gateway, req: Request<Incoming>) -> HttpResponse {
         endpoint = trace.endpoint,
         method = %method,
         status = status.as_u16(),
+        cache = trace.cache.map(CacheStatus::label),
         vendor_status = trace.vendor_status,
         vendor_ms = trace.vendor_seconds * 1e3,
         total_ms = seconds * 1e3,
@@ -97,7 +108,7 @@ pub async fn handle(gateway: &Gateway, req: Request<Incoming>) -> HttpResponse {
 }
 
 async fn process<'s>(
-    gateway: &Gateway,
+    gateway: &Arc<Gateway>,
     snapshot: &'s Snapshot,
     req: Request<Incoming>,
     request_id: &HeaderValue,
@@ -133,21 +144,166 @@ async fn process<'s>(
     if route.endpoint == Endpoint::Other && !snapshot.forward_other {
         return Err(GatewayError::OtherNotForwarded);
     }
-
-    // 6. upstream
-    let vendor = forward(
+    let call = Call {
         gateway,
         app,
-        route.endpoint,
-        &parts,
-        body,
+        route,
+        parts: &parts,
         request_id,
-        trace,
-    )
-    .await?;
+    };
+
+    // 4. cache
+    if let Some(kind) = Kind::of(route.endpoint) {
+        return call.cached_read(kind, trace).await;
+    }
+    if route.endpoint == Endpoint::PresenceBatchGet {
+        if let Some(users) = presence::parse_request(&body, vendor::MAX_USERNAMES) {
+            return call.presence_read(&users, trace).await;
+        }
+    }
+
+    // 6. upstream
+    let seq = gateway.cache.current_seq();
+    let response = call.vendor(Bytes::clone(&body))?.await?;
+    trace.vendor_status = Some(response.status.as_u16());
+    trace.vendor_seconds = response.elapsed.as_secs_f64();
+
+    // 7. effects
+    gateway
+        .cache
+        .after_write(&app.name, &route, &body, &response, seq)
+        .await;
 
     // 8. respond
-    Ok(respond(vendor))
+    Ok(respond(&response, None))
+}
+
+/// One authenticated request, as the cache and the vendor call need it.
+struct Call<'r> {
+    gateway: &'r Arc<Gateway>,
+    app: &'r Arc<App>,
+    route: Route<'r>,
+    parts: &'r Parts,
+    request_id: &'r HeaderValue,
+}
+
+impl Call<'_> {
+    /// The vendor call this request stands for, ready to run on its own.
+    fn vendor(&self, body: Bytes) -> Result<Fetch, GatewayError> {
+        let mut request = Request::new(body);
+        *request.method_mut() = self.parts.method.clone();
+        *request.uri_mut() = self.parts.uri.clone();
+        *request.headers_mut() = forward_headers(&self.parts.headers);
+        let call = VendorCall::new(
+            self.gateway,
+            self.app,
+            self.route.endpoint,
+            request,
+            self.request_id,
+        )?;
+        Ok(Box::pin(call.send()))
+    }
+
+    /// An offline count, offline status or subscription list, through the cache.
+    async fn cached_read(
+        &self,
+        kind: Kind,
+        trace: &mut Trace<'_>,
+    ) -> Result<HttpResponse, GatewayError> {
+        let path = self.parts.uri.path();
+        let extra = match kind {
+            Kind::OfflineStatus => self.route.param,
+            Kind::Sublist => self.parts.uri.query().unwrap_or(""),
+            _ => "",
+        };
+        let key = Key {
+            kind,
+            app: &self.app.name,
+            user: self.route.user,
+            extra,
+        };
+        let fetch = || {
+            self.vendor(Bytes::new())
+                .unwrap_or_else(|err| Box::pin(std::future::ready(Err(err))))
+        };
+        let answer = self
+            .gateway
+            .cache
+            .read(&key, path, fetch)
+            .await
+            .map_err(GatewayError::Shared)?;
+        Ok(match answer {
+            Answer::Cached(entry, status) => {
+                trace.cache = Some(status);
+                let body = entry.body_bytes(path, route::suffix(path), self.route.user);
+                cached_response(body, status, entry.stored_at.elapsed())
+            }
+            Answer::Vendor(response, status) => {
+                trace.cache = Some(status);
+                trace.vendor_status = Some(response.status.as_u16());
+                trace.vendor_seconds = response.elapsed.as_secs_f64();
+                respond(&response, Some(status))
+            }
+        })
+    }
+
+    /// A presence batch get, answered per user from the cache and merged vendor calls.
+    async fn presence_read(
+        &self,
+        users: &[String],
+        trace: &mut Trace<'_>,
+    ) -> Result<HttpResponse, GatewayError> {
+        let path = self.parts.uri.path();
+        let prefix = &path[..path.len() - route::suffix(path).len()];
+        let (gateway, app, request_id) = (
+            self.gateway.clone(),
+            self.app.clone(),
+            self.request_id.clone(),
+        );
+        let prefix = prefix.to_owned();
+        let send: SendBatch = Arc::new(move |caller: &str, users: &[String]| -> Fetch {
+            let request = Request::post(format!("{prefix}/users/{caller}/presence"))
+                .header(CONTENT_TYPE, json_content_type())
+                .body(Bytes::from(json!({ "usernames": users }).to_string()))
+                .map_err(|_| UpstreamError::Failed("unusable request path".into()).into());
+            let call = request.and_then(|request| {
+                VendorCall::new(
+                    &gateway,
+                    &app,
+                    Endpoint::PresenceBatchGet,
+                    request,
+                    &request_id,
+                )
+            });
+            match call {
+                Ok(call) => Box::pin(call.send()),
+                Err(err) => Box::pin(std::future::ready(Err(err))),
+            }
+        });
+        let answer = self
+            .gateway
+            .cache
+            .presence(
+                &self.app.name,
+                self.route.user,
+                users,
+                send,
+                self.gateway.metrics.presence_batch_users(),
+            )
+            .await;
+        match answer {
+            Ok(answer) => {
+                trace.cache = Some(answer.status);
+                Ok(cached_response(answer.body, answer.status, answer.age))
+            }
+            Err(BatchError::Vendor(response)) => {
+                trace.cache = Some(CacheStatus::Miss);
+                trace.vendor_status = Some(response.status.as_u16());
+                Ok(respond(&response, Some(CacheStatus::Miss)))
+            }
+            Err(BatchError::Gateway(err)) => Err(GatewayError::Shared(err)),
+        }
+    }
 }
 
 /// `POST {prefix}/token` with the client's name and key, as vendor SDKs send it: answered with
@@ -198,61 +354,39 @@ fn issue_client_token<'s>(
     Ok(server::json_response(200, Bytes::from(body.to_string())))
 }
 
-/// Sends the call to the vendor with the app token. A 401 means the vendor refused imgate's
-/// token (the caller's credentials were fine): the token is renewed once, for all the requests
-/// that saw it refused, and the call replayed once; a second 401 gives the caller 502.
-async fn forward(
-    gateway: &Gateway,
-    app: &App,
-    endpoint: Endpoint,
-    parts: &Parts,
-    body: Bytes,
-    request_id: &HeaderValue,
-    trace: &mut Trace<'_>,
-) -> Result<VendorResponse, GatewayError> {
-    let mut token = app.tokens.token().await?;
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let uri = vendor_uri(&app.base, path)?;
-    let mut headers = forward_headers(&parts.headers, &token.header);
-    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
-    for attempt in 0..2 {
-        let mut request = Request::new(Full::new(body.clone()));
-        *request.method_mut() = parts.method.clone();
-        *request.uri_mut() = uri.clone();
-        *request.headers_mut() = headers.clone();
-
-        let started = Instant::now();
-        let result = gateway.upstream.send(request).await;
-        trace.vendor_seconds += started.elapsed().as_secs_f64();
-        let status_label = match &result {
-            Ok(response) => response.status.as_str(),
-            Err(UpstreamError::Timeout) => "timeout",
-            Err(_) => "error",
-        };
-        gateway.metrics.upstream(
-            &app.name,
-            endpoint.name(),
-            status_label,
-            started.elapsed().as_secs_f64(),
-        );
-        let response = result?;
-        trace.vendor_status = Some(response.status.as_u16());
-        if response.status != http::StatusCode::UNAUTHORIZED {
-            return Ok(response);
-        }
-        if attempt == 0 {
-            token = app.tokens.replace_rejected(&token).await?;
-            headers.insert(http::header::AUTHORIZATION, token.header.clone());
-        }
+/// The vendor's answer as received, with `X-Cache` when it came through the cache.
+fn respond(vendor: &VendorResponse, cache: Option<CacheStatus>) -> HttpResponse {
+    let mut response = Response::new(Full::new(vendor.body.clone()));
+    *response.status_mut() = vendor.status;
+    *response.headers_mut() = vendor.headers.clone();
+    if let Some(status) = cache {
+        let headers = response.headers_mut();
+        headers.insert(X_CACHE.clone(), HeaderValue::from_static(status.header()));
+        headers.insert(AGE.clone(), age_value(Duration::ZERO));
     }
-    Err(GatewayError::UpstreamUnauthorized)
+    response
 }
 
-fn respond(vendor: VendorResponse) -> HttpResponse {
-    let mut response = Response::new(Full::new(vendor.body));
-    *response.status_mut() = vendor.status;
-    *response.headers_mut() = vendor.headers;
+/// A 200 JSON answer from the cache.
+fn cached_response(body: Bytes, status: CacheStatus, age: Duration) -> HttpResponse {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = StatusCode::OK;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, json_content_type());
+    headers.insert(X_CACHE.clone(), HeaderValue::from_static(status.header()));
+    headers.insert(AGE.clone(), age_value(age));
     response
+}
+
+/// `Age` in whole seconds, from a table for the common ages (no formatting on a hit).
+fn age_value(age: Duration) -> HeaderValue {
+    static TABLE: OnceLock<Vec<HeaderValue>> = OnceLock::new();
+    let table = TABLE.get_or_init(|| (0..=3600u64).map(HeaderValue::from).collect());
+    let secs = age.as_secs();
+    usize::try_from(secs)
+        .ok()
+        .and_then(|i| table.get(i).cloned())
+        .unwrap_or_else(|| HeaderValue::from(secs))
 }
 
 /// The caller's `X-Request-Id` when it is short and printable, else a new random one.

@@ -96,6 +96,14 @@ pub struct Route<'a> {
     pub status: &'a str,
 }
 
+/// The part of a path after its two app-prefix segments (`/app-id/{id}` or `/{org}/{app}`),
+/// e.g. `/users/u1/offline_msg_count`; the vendor's `path` field.
+pub fn suffix(path: &str) -> &str {
+    path.match_indices('/')
+        .nth(2)
+        .map_or("", |(i, _)| &path[i..])
+}
+
 /// Classifies `method` + `path` (no query string). `None` when the path has no app prefix.
 pub fn classify<'a>(method: &Method, path: &'a str) -> Option<Route<'a>> {
     let mut segments = path.strip_prefix('/')?.split('/');
@@ -257,6 +265,16 @@ mod tests {
         assert!(classify(&Method::GET, "/healthz").is_none());
         assert!(classify(&Method::GET, "//x").is_none());
         assert!(classify(&Method::GET, "no-slash").is_none());
+    }
+
+    #[test]
+    fn suffix_follows_the_app_prefix() {
+        assert_eq!(
+            suffix("/app-id/x/users/u/offline_msg_count"),
+            "/users/u/offline_msg_count"
+        );
+        assert_eq!(suffix("/o/a/messages/users"), "/messages/users");
+        assert_eq!(suffix("/o/a"), "");
     }
 
     #[test]

@@ -371,9 +371,9 @@ async fn wrong_easemob_credentials_make_the_token_unavailable() {
 async fn one_easemob_token_serves_many_concurrent_requests() {
     let emu = TestEmulator::demo().await;
     let gw = TestGateway::demo(&emu).await;
-    let url = format!("{}/users/u/offline_msg_count", gw.easemob());
-    let calls = (0..50).map(|_| {
-        let url = url.clone();
+    // Fifty users, so the cache does not merge the calls.
+    let calls = (0..50).map(|i| {
+        let url = format!("{}/users/u{i}/offline_msg_count", gw.easemob());
         async move { call(Method::GET, &url, None).await }
     });
     for resp in futures_join_all(calls).await {

@@ -218,12 +218,7 @@ pub(super) fn issue_token(
 }
 
 fn envelope(call: &Call<'_>, action: &str, data: Value) -> HttpResponse {
-    // The suffix after the two prefix segments (`/app-id/{id}` or `/{org}/{app}`).
-    let suffix = call
-        .path
-        .match_indices('/')
-        .nth(2)
-        .map_or(call.path, |(i, _)| &call.path[i..]);
+    let suffix = crate::route::suffix(call.path);
     let body = json!({
         "action": action,
         "uri": format!("http://{}{}", call.host, call.path),

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName};
 use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
@@ -40,6 +40,8 @@ pub struct VendorResponse {
     pub headers: HeaderMap,
     /// Body.
     pub body: Bytes,
+    /// How long the call took.
+    pub elapsed: Duration,
 }
 
 /// The pooled client toward every vendor host.
@@ -79,6 +81,7 @@ impl Upstream {
         &self,
         request: Request<Full<Bytes>>,
     ) -> Result<VendorResponse, UpstreamError> {
+        let started = std::time::Instant::now();
         let call = async {
             let response = self.client.request(request).await.map_err(|err| {
                 if err.is_connect() {
@@ -99,6 +102,7 @@ impl Upstream {
                 status: parts.status,
                 headers: parts.headers,
                 body,
+                elapsed: started.elapsed(),
             })
         };
         tokio::time::timeout(self.timeout, call)
@@ -118,15 +122,14 @@ pub fn vendor_uri(base: &Uri, path_and_query: &str) -> Result<Uri, UpstreamError
     Uri::from_parts(parts).map_err(|_| UpstreamError::Failed("unusable request path".into()))
 }
 
-/// The headers to send to the vendor: the caller's, less hop-by-hop headers, `Host`, the
-/// caller's credentials and `Content-Length` (recomputed), plus the app token.
-pub fn forward_headers(incoming: &HeaderMap, app_token: &HeaderValue) -> HeaderMap {
+/// The caller's headers that go on to the vendor: all but hop-by-hop headers, `Host`, the
+/// caller's credentials and `Content-Length` (recomputed). The app token is added per attempt.
+pub fn forward_headers(incoming: &HeaderMap) -> HeaderMap {
     let mut headers = incoming.clone();
     strip_hop_by_hop(&mut headers);
     for name in [header::HOST, header::AUTHORIZATION, header::CONTENT_LENGTH] {
         headers.remove(name);
     }
-    headers.insert(header::AUTHORIZATION, app_token.clone());
     headers
 }
 
@@ -171,6 +174,7 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
     #[test]
     fn forwarded_headers_drop_hop_by_hop_and_caller_credentials() {
@@ -187,9 +191,8 @@ mod tests {
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::HOST, HeaderValue::from_static("imgate"));
         h.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
-        let token = HeaderValue::from_static("Bearer app-token");
-        let out = forward_headers(&h, &token);
-        assert_eq!(out.get(header::AUTHORIZATION).unwrap(), "Bearer app-token");
+        let out = forward_headers(&h);
+        assert!(out.get(header::AUTHORIZATION).is_none());
         assert_eq!(out.get(header::ACCEPT).unwrap(), "application/json");
         for gone in ["connection", "x-private", "keep-alive", "host"] {
             assert!(out.get(gone).is_none(), "{gone} forwarded");

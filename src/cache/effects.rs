@@ -1,0 +1,99 @@
+//! Writes that pass through imgate keep the cache true (DESIGN.md's table): a presence set
+//! invalidates that user's presence, and going online (status `1`) also the user's offline
+//! count and `undelivered` statuses, since that is when the vendor delivers stored messages; a
+//! subscription's answer refreshes the subscribed users' presence and invalidates the
+//! subscriber's list; an unsubscription invalidates it too; a message invalidates its
+//! recipients' offline counts.
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use super::{presence, Cache, Kind};
+use crate::route::{Endpoint, Route};
+use crate::upstream::VendorResponse;
+
+impl Cache {
+    /// Applies the effects of a write the vendor accepted. `seq` is the sequence number read
+    /// before the write was sent (entries refreshed from its answer are as old as that).
+    pub async fn after_write(
+        &self,
+        app: &str,
+        route: &Route<'_>,
+        request_body: &[u8],
+        response: &VendorResponse,
+        seq: u64,
+    ) {
+        if !response.status.is_success() {
+            return;
+        }
+        let user = route.user;
+        match route.endpoint {
+            Endpoint::PresenceSet => {
+                self.invalidate(Kind::Presence, app, user).await;
+                if route.status == "1" {
+                    self.invalidate(Kind::OfflineCount, app, user).await;
+                    self.invalidate(Kind::OfflineStatus, app, user).await;
+                }
+            }
+            Endpoint::PresenceSubscribe => {
+                self.invalidate(Kind::Sublist, app, user).await;
+                for (uid, entry) in presence::split_result(&response.body).unwrap_or_default() {
+                    if let Some(entry) = without_expiry(&entry) {
+                        self.store_presence(app, &uid, entry, seq).await;
+                    }
+                }
+            }
+            Endpoint::PresenceUnsubscribe => self.invalidate(Kind::Sublist, app, user).await,
+            Endpoint::MessagesSend => {
+                for recipient in recipients(request_body) {
+                    self.invalidate(Kind::OfflineCount, app, &recipient).await;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A subscription's answer entry in the shape of a batch get's (which has no `expiry`).
+fn without_expiry(entry: &[u8]) -> Option<Bytes> {
+    let mut value: Value = serde_json::from_slice(entry).ok()?;
+    value.as_object_mut()?.shift_remove("expiry");
+    serde_json::to_vec(&value).ok().map(Bytes::from)
+}
+
+/// The `to` of a message body: an array of users, or one user.
+fn recipients(body: &[u8]) -> Vec<String> {
+    match serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("to").cloned())
+    {
+        Some(Value::String(one)) => vec![one],
+        Some(Value::Array(list)) => list
+            .into_iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscription_entries_lose_only_their_expiry() {
+        let entry = br#"{"uid":"c2","last_time":"1","ext":"x","status":{"a":"1"},"expiry":"9"}"#;
+        let out = without_expiry(entry).unwrap();
+        assert_eq!(
+            out,
+            &br#"{"uid":"c2","last_time":"1","ext":"x","status":{"a":"1"}}"#[..]
+        );
+    }
+
+    #[test]
+    fn recipients_come_from_an_array_or_a_single_name() {
+        assert_eq!(recipients(br#"{"to":["a","b"]}"#), vec!["a", "b"]);
+        assert_eq!(recipients(br#"{"to":"a"}"#), vec!["a"]);
+        assert!(recipients(b"nope").is_empty());
+    }
+}

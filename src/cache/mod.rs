@@ -1,0 +1,703 @@
+//! The read cache (moka): offline counts and statuses, subscription lists, and presence per user
+//! ([`presence`]), with request coalescing, stale-while-revalidate, stale-if-error, and
+//! invalidation by the writes that pass through imgate.
+//!
+//! - Keys are 128-bit keyed hashes of (app, endpoint, user, parameters): a lookup allocates
+//!   nothing, and a collision is as likely as guessing the process's random key.
+//! - Concurrent misses for one key make one vendor call ([`Cache::read`]); the others wait for
+//!   it and share its answer or its error. Only 200 answers are stored.
+//! - Invalidation works by sequence marks: each entry remembers the sequence number current when
+//!   its vendor call started; invalidating a user's group records a newer number, which makes
+//!   every entry of the group (and any call still in flight for it) stale at once.
+//! - Offline counts are stored as their numbers, not their bodies, and rendered on a hit: a
+//!   million entries fit in well under 256 MiB. A body that would not render byte for byte as
+//!   the vendor sent it is stored whole instead.
+
+mod effects;
+pub mod presence;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::StatusCode;
+use moka::future::Cache as Moka;
+use moka::Expiry;
+use serde_json::Value;
+
+use crate::error::GatewayError;
+use crate::route::Endpoint;
+use crate::upstream::VendorResponse;
+
+/// One endpoint's cache policy.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CachePolicy {
+    /// Fresh for this long.
+    pub ttl: Duration,
+    /// Then served at once while one background call refreshes it.
+    pub stale_while_revalidate: Duration,
+    /// Then served when the vendor fails.
+    pub stale_if_error: Duration,
+    /// Most entries.
+    pub max_entries: u64,
+}
+
+/// The cache's policies, from `[cache]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheSettings {
+    /// Offline counts.
+    pub offline_count: CachePolicy,
+    /// Offline statuses (`ttl` for `undelivered`).
+    pub offline_status: CachePolicy,
+    /// How long a `delivered` status (final) is fresh.
+    pub delivered_ttl: Duration,
+    /// Presence per user.
+    pub presence: CachePolicy,
+    /// Subscription lists.
+    pub sublist: CachePolicy,
+    /// How long single presence lookups wait to be merged into one vendor call.
+    pub batch_window: Duration,
+    /// Most users in one merged presence call.
+    pub max_batch_users: usize,
+}
+
+/// How an answer was produced: the `X-Cache` header and the `result` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    /// Fresh from the cache.
+    Hit,
+    /// From the vendor, by this request's own call.
+    Miss,
+    /// From the cache after its freshness (revalidating, or because the vendor failed).
+    Stale,
+    /// From the vendor, by another request's call that this one waited for.
+    Coalesced,
+}
+
+impl CacheStatus {
+    /// Every status, in a fixed order.
+    pub const ALL: [CacheStatus; 4] = [
+        CacheStatus::Hit,
+        CacheStatus::Miss,
+        CacheStatus::Stale,
+        CacheStatus::Coalesced,
+    ];
+
+    /// The `X-Cache` value.
+    pub const fn header(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "HIT",
+            CacheStatus::Miss => "MISS",
+            CacheStatus::Stale => "STALE",
+            CacheStatus::Coalesced => "COALESCED",
+        }
+    }
+
+    /// The metrics label value.
+    pub const fn label(self) -> &'static str {
+        match self {
+            CacheStatus::Hit => "hit",
+            CacheStatus::Miss => "miss",
+            CacheStatus::Stale => "stale",
+            CacheStatus::Coalesced => "coalesced",
+        }
+    }
+}
+
+/// The cacheable reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `offline_msg_count`.
+    OfflineCount,
+    /// `offline_msg_status`.
+    OfflineStatus,
+    /// `presence/sublist`.
+    Sublist,
+    /// Presence of one user.
+    Presence,
+}
+
+impl Kind {
+    /// The cacheable kind of an endpoint (presence batch gets are split per user elsewhere).
+    pub fn of(endpoint: Endpoint) -> Option<Kind> {
+        match endpoint {
+            Endpoint::OfflineMsgCount => Some(Kind::OfflineCount),
+            Endpoint::OfflineMsgStatus => Some(Kind::OfflineStatus),
+            Endpoint::PresenceSublist => Some(Kind::Sublist),
+            _ => None,
+        }
+    }
+
+    /// The `cache` label of `imgate_cache_entries`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Kind::OfflineCount => "offline_count",
+            Kind::OfflineStatus => "offline_status",
+            Kind::Sublist => "sublist",
+            Kind::Presence => "presence",
+        }
+    }
+
+    /// Every kind.
+    pub const ALL: [Kind; 4] = [
+        Kind::OfflineCount,
+        Kind::OfflineStatus,
+        Kind::Sublist,
+        Kind::Presence,
+    ];
+
+    /// The kind whose entries an endpoint's reads use (presence batch gets: presence per user).
+    pub fn cached_by(endpoint: Endpoint) -> Option<Kind> {
+        match endpoint {
+            Endpoint::PresenceBatchGet => Some(Kind::Presence),
+            other => Kind::of(other),
+        }
+    }
+
+    const fn tag(self) -> u8 {
+        self as u8
+    }
+}
+
+/// What a cached answer holds.
+#[derive(Debug)]
+pub enum Body {
+    /// The vendor's JSON body as sent.
+    Json(Bytes),
+    /// An offline count, rendered on a hit exactly as the vendor sent it.
+    OfflineCount {
+        /// The vendor's `uri` up to the request path (shared by every entry of an app).
+        uri_base: Arc<str>,
+        /// `data.{user}`.
+        count: u64,
+        /// `timestamp`.
+        timestamp: u64,
+        /// `duration`.
+        duration: u64,
+    },
+}
+
+/// A cached 200 answer.
+#[derive(Debug)]
+pub struct Entry {
+    /// When the vendor answered (for `Age`).
+    pub stored_at: Instant,
+    fresh_until: Instant,
+    stale_until: Instant,
+    /// Sequence number current when the vendor call started (see the module notes).
+    seq: u64,
+    /// Whether group invalidations apply (a `delivered` status is final: they do not).
+    invalidatable: bool,
+    /// Hash of the app's name, for purges by app.
+    app: u64,
+    refreshing: AtomicBool,
+    /// The answer.
+    pub body: Body,
+}
+
+impl Entry {
+    /// The body bytes; `path`, `suffix` and `user` are the request's (for a rendered count).
+    pub fn body_bytes(&self, path: &str, suffix: &str, user: &str) -> Bytes {
+        match &self.body {
+            Body::Json(bytes) => bytes.clone(),
+            Body::OfflineCount {
+                uri_base,
+                count,
+                timestamp,
+                duration,
+            } => Bytes::from(render_count(
+                uri_base, path, suffix, user, *count, *timestamp, *duration,
+            )),
+        }
+    }
+}
+
+/// A cache read's answer.
+pub enum Answer {
+    /// From the cache.
+    Cached(Arc<Entry>, CacheStatus),
+    /// From the vendor (any status), by this request or one it waited for.
+    Vendor(Arc<VendorResponse>, CacheStatus),
+}
+
+/// A vendor call the cache may make, owned so that it can run in the background.
+pub type Fetch = Pin<Box<dyn Future<Output = Result<VendorResponse, GatewayError>> + Send>>;
+
+/// A vendor result shared with every waiter.
+pub type Shared = Result<Arc<VendorResponse>, Arc<GatewayError>>;
+
+/// What identifies a cached read: its kind, app, user and extra parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct Key<'a> {
+    /// The kind of read.
+    pub kind: Kind,
+    /// The app's configured name.
+    pub app: &'a str,
+    /// The user the read is about.
+    pub user: &'a str,
+    /// Message id or query string; empty for counts and presence.
+    pub extra: &'a str,
+}
+
+/// Cache key hashes: two independently keyed SipHash-1-3 hashes of the same fields.
+#[derive(Clone)]
+struct Hashes {
+    a: std::collections::hash_map::RandomState,
+    b: std::collections::hash_map::RandomState,
+}
+
+impl Hashes {
+    fn new() -> Hashes {
+        Hashes {
+            a: Default::default(),
+            b: Default::default(),
+        }
+    }
+
+    fn hash(&self, fields: &[&[u8]]) -> u128 {
+        let one = |state: &std::collections::hash_map::RandomState| {
+            let mut h = state.build_hasher();
+            for field in fields {
+                // Length-prefixed, so ("ab","c") and ("a","bc") differ.
+                h.write_usize(field.len());
+                h.write(field);
+            }
+            h.finish()
+        };
+        (u128::from(one(&self.a)) << 64) | u128::from(one(&self.b))
+    }
+
+    /// The entry key of a read.
+    fn entry(&self, key: &Key<'_>) -> u128 {
+        self.hash(&[
+            &[key.kind.tag()],
+            key.app.as_bytes(),
+            key.user.as_bytes(),
+            key.extra.as_bytes(),
+        ])
+    }
+
+    /// The hash of an app's name that entries carry.
+    fn app(&self, app: &str) -> u64 {
+        self.hash(&[app.as_bytes()]) as u64
+    }
+
+    /// The group key of a user's reads of one kind (what invalidation marks).
+    fn group(&self, kind: Kind, app: &str, user: &str) -> u128 {
+        self.hash(&[&[kind.tag() | 0x80], app.as_bytes(), user.as_bytes()])
+    }
+}
+
+struct EntryExpiry;
+
+impl Expiry<u128, Arc<Entry>> for EntryExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &u128,
+        entry: &Arc<Entry>,
+        created_at: Instant,
+    ) -> Option<Duration> {
+        Some(entry.stale_until.saturating_duration_since(created_at))
+    }
+
+    fn expire_after_update(
+        &self,
+        key: &u128,
+        entry: &Arc<Entry>,
+        updated_at: Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        self.expire_after_create(key, entry, updated_at)
+    }
+}
+
+/// Calls in flight, by entry key, so that concurrent misses share one.
+struct Flights {
+    shards: Vec<Mutex<HashMap<u128, Arc<tokio::sync::OnceCell<Shared>>>>>,
+}
+
+impl Flights {
+    fn new() -> Flights {
+        Flights {
+            shards: (0..32).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+
+    fn shard(
+        &self,
+        key: u128,
+    ) -> std::sync::MutexGuard<'_, HashMap<u128, Arc<tokio::sync::OnceCell<Shared>>>> {
+        let shard = &self.shards[(key as usize) % self.shards.len()];
+        shard
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn join(&self, key: u128) -> Arc<tokio::sync::OnceCell<Shared>> {
+        self.shard(key).entry(key).or_default().clone()
+    }
+
+    fn leave(&self, key: u128, flight: &Arc<tokio::sync::OnceCell<Shared>>) {
+        let mut shard = self.shard(key);
+        if shard.get(&key).is_some_and(|f| Arc::ptr_eq(f, flight)) {
+            shard.remove(&key);
+        }
+    }
+}
+
+/// The read cache of one gateway.
+pub struct Cache {
+    settings: CacheSettings,
+    hashes: Hashes,
+    maps: [Moka<u128, Arc<Entry>>; 4],
+    /// Group key → sequence number of its last invalidation.
+    marks: Moka<u128, u64>,
+    seq: AtomicU64,
+    flights: Flights,
+    uri_bases: Mutex<Vec<Arc<str>>>,
+    /// Merges concurrent presence lookups into vendor batch calls.
+    pub batcher: presence::Batcher,
+}
+
+impl Cache {
+    /// An empty cache with these policies.
+    pub fn new(settings: CacheSettings) -> Cache {
+        let map = |policy: &CachePolicy| {
+            Moka::builder()
+                .max_capacity(policy.max_entries)
+                .expire_after(EntryExpiry)
+                .support_invalidation_closures()
+                .build()
+        };
+        let longest = [
+            &settings.offline_count,
+            &settings.offline_status,
+            &settings.presence,
+            &settings.sublist,
+        ]
+        .iter()
+        .map(|p| p.ttl + p.stale_while_revalidate.max(p.stale_if_error))
+        .max()
+        .unwrap_or_default();
+        Cache {
+            maps: [
+                map(&settings.offline_count),
+                map(&settings.offline_status),
+                map(&settings.sublist),
+                map(&settings.presence),
+            ],
+            // A mark must outlive every entry it may invalidate.
+            marks: Moka::builder()
+                .max_capacity(1_000_000)
+                .time_to_live(longest + Duration::from_secs(1))
+                .build(),
+            seq: AtomicU64::new(1),
+            hashes: Hashes::new(),
+            flights: Flights::new(),
+            uri_bases: Mutex::new(Vec::new()),
+            batcher: presence::Batcher::new(settings.batch_window, settings.max_batch_users),
+            settings,
+        }
+    }
+
+    /// The policy of a kind.
+    pub fn policy(&self, kind: Kind) -> &CachePolicy {
+        match kind {
+            Kind::OfflineCount => &self.settings.offline_count,
+            Kind::OfflineStatus => &self.settings.offline_status,
+            Kind::Sublist => &self.settings.sublist,
+            Kind::Presence => &self.settings.presence,
+        }
+    }
+
+    fn map(&self, kind: Kind) -> &Moka<u128, Arc<Entry>> {
+        &self.maps[kind as usize]
+    }
+
+    /// Entries held, per kind (for `imgate_cache_entries`).
+    pub fn entry_counts(&self) -> [(Kind, u64); 4] {
+        Kind::ALL.map(|k| (k, self.map(k).entry_count()))
+    }
+
+    /// The entry of `key` if it exists and no invalidation made it stale, whatever its age.
+    pub async fn lookup(&self, key: &Key<'_>) -> Option<Arc<Entry>> {
+        let entry = self.map(key.kind).get(&self.hashes.entry(key)).await?;
+        if entry.invalidatable {
+            let group = self.hashes.group(key.kind, key.app, key.user);
+            if let Some(mark) = self.marks.get(&group).await {
+                if entry.seq < mark {
+                    return None;
+                }
+            }
+        }
+        Some(entry)
+    }
+
+    /// Answers a read: fresh from the cache, stale while one background call revalidates, or
+    /// from one vendor call shared by every concurrent request for the same key; a stale entry
+    /// stands in when the vendor fails within `stale_if_error`.
+    pub async fn read(
+        self: &Arc<Self>,
+        key: &Key<'_>,
+        path: &str,
+        fetch: impl FnOnce() -> Fetch,
+    ) -> Result<Answer, Arc<GatewayError>> {
+        let policy = *self.policy(key.kind);
+        if policy.ttl.is_zero() {
+            let response = fetch().await.map_err(Arc::new)?;
+            return Ok(Answer::Vendor(Arc::new(response), CacheStatus::Miss));
+        }
+        let now = Instant::now();
+        let mut fallback = None;
+        if let Some(entry) = self.lookup(key).await {
+            if now < entry.fresh_until {
+                return Ok(Answer::Cached(entry, CacheStatus::Hit));
+            }
+            if now < entry.fresh_until + policy.stale_while_revalidate {
+                if !entry.refreshing.swap(true, Ordering::AcqRel) {
+                    self.revalidate(key, path, fetch());
+                }
+                return Ok(Answer::Cached(entry, CacheStatus::Stale));
+            }
+            if now < entry.fresh_until + policy.stale_if_error {
+                fallback = Some(entry);
+            }
+        }
+        let (shared, led) = self.fetch_shared(key, path, fetch).await;
+        let status = if led {
+            CacheStatus::Miss
+        } else {
+            CacheStatus::Coalesced
+        };
+        match (shared, fallback) {
+            (Ok(response), Some(stale)) if vendor_failed(response.status) => {
+                Ok(Answer::Cached(stale, CacheStatus::Stale))
+            }
+            (Ok(response), _) => Ok(Answer::Vendor(response, status)),
+            (Err(err), Some(stale)) if err.is_vendor_failure() => {
+                Ok(Answer::Cached(stale, CacheStatus::Stale))
+            }
+            (Err(err), _) => Err(err),
+        }
+    }
+
+    /// One background call refreshing `key` (its entry is being served stale meanwhile).
+    fn revalidate(self: &Arc<Self>, key: &Key<'_>, path: &str, fetch: Fetch) {
+        let cache = self.clone();
+        let (kind, app, user, extra) = (
+            key.kind,
+            key.app.to_owned(),
+            key.user.to_owned(),
+            key.extra.to_owned(),
+        );
+        let path = path.to_owned();
+        tokio::spawn(async move {
+            let key = Key {
+                kind,
+                app: &app,
+                user: &user,
+                extra: &extra,
+            };
+            if let (Err(err), _) = cache.fetch_shared(&key, &path, move || fetch).await {
+                tracing::debug!(error = %err, "background revalidation failed");
+            }
+        });
+    }
+
+    /// Joins (or starts) the call in flight for `key`; returns its result and whether this
+    /// request made the call. The maker stores a 200 answer before the waiters wake.
+    async fn fetch_shared(
+        &self,
+        key: &Key<'_>,
+        path: &str,
+        fetch: impl FnOnce() -> Fetch,
+    ) -> (Shared, bool) {
+        let entry_key = self.hashes.entry(key);
+        let flight = self.flights.join(entry_key);
+        let led = AtomicBool::new(false);
+        let shared = flight
+            .get_or_init(|| async {
+                led.store(true, Ordering::Relaxed);
+                let seq = self.seq.load(Ordering::Acquire);
+                let result = fetch().await;
+                if let Ok(response) = &result {
+                    self.store(key, entry_key, path, response, seq).await;
+                }
+                result.map(Arc::new).map_err(Arc::new)
+            })
+            .await
+            .clone();
+        let led = led.load(Ordering::Relaxed);
+        if led {
+            self.flights.leave(entry_key, &flight);
+        }
+        (shared, led)
+    }
+
+    /// Stores a 200 answer of the vendor for `key`, fetched from sequence `seq` on.
+    async fn store(
+        &self,
+        key: &Key<'_>,
+        entry_key: u128,
+        path: &str,
+        response: &VendorResponse,
+        seq: u64,
+    ) {
+        if response.status != StatusCode::OK {
+            return;
+        }
+        let policy = self.policy(key.kind);
+        let delivered = key.kind == Kind::OfflineStatus && is_delivered(&response.body, key.extra);
+        let ttl = if delivered {
+            self.settings.delivered_ttl
+        } else {
+            policy.ttl
+        };
+        let body = match key.kind {
+            Kind::OfflineCount => self.compact_count(response, path, key.user),
+            _ => None,
+        }
+        .unwrap_or_else(|| Body::Json(response.body.clone()));
+        let now = Instant::now();
+        let fresh_until = now + ttl;
+        let entry = Entry {
+            stored_at: now,
+            fresh_until,
+            stale_until: fresh_until + policy.stale_while_revalidate.max(policy.stale_if_error),
+            seq,
+            invalidatable: !delivered,
+            app: self.hashes.app(key.app),
+            refreshing: AtomicBool::new(false),
+            body,
+        };
+        self.map(key.kind).insert(entry_key, Arc::new(entry)).await;
+    }
+
+    /// The compact form of an offline-count answer, if it renders back byte for byte.
+    fn compact_count(&self, response: &VendorResponse, path: &str, user: &str) -> Option<Body> {
+        let content_type = response.headers.get(CONTENT_TYPE)?;
+        if content_type != JSON {
+            return None;
+        }
+        let v: Value = serde_json::from_slice(&response.body).ok()?;
+        let uri = v.get("uri")?.as_str()?;
+        let uri_base = uri.strip_suffix(path)?;
+        let suffix = v.get("path")?.as_str()?;
+        let count = v.get("data")?.get(user)?.as_u64()?;
+        let timestamp = v.get("timestamp")?.as_u64()?;
+        let duration = v.get("duration")?.as_u64()?;
+        let rendered = render_count(uri_base, path, suffix, user, count, timestamp, duration);
+        if rendered != response.body {
+            return None;
+        }
+        Some(Body::OfflineCount {
+            uri_base: self.intern(uri_base),
+            count,
+            timestamp,
+            duration,
+        })
+    }
+
+    fn intern(&self, uri_base: &str) -> Arc<str> {
+        let mut bases = self.uri_bases.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(base) = bases.iter().find(|b| ***b == *uri_base) {
+            return base.clone();
+        }
+        let base: Arc<str> = Arc::from(uri_base);
+        bases.push(base.clone());
+        base
+    }
+
+    /// Makes every cached read of `kind` about `user` stale now, including calls in flight.
+    pub async fn invalidate(&self, kind: Kind, app: &str, user: &str) {
+        let mark = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
+        self.marks
+            .insert(self.hashes.group(kind, app, user), mark)
+            .await;
+        if matches!(kind, Kind::OfflineCount | Kind::Presence) {
+            let key = Key {
+                kind,
+                app,
+                user,
+                extra: "",
+            };
+            self.map(kind).invalidate(&self.hashes.entry(&key)).await;
+        }
+    }
+
+    /// Drops the entries of `kind` that belong to `apps`.
+    pub fn purge_apps(&self, kind: Kind, apps: &[&str]) {
+        let hashes: Vec<u64> = apps.iter().map(|a| self.hashes.app(a)).collect();
+        let predicate = move |_: &u128, entry: &Arc<Entry>| hashes.contains(&entry.app);
+        if let Err(err) = self.map(kind).invalidate_entries_if(predicate) {
+            tracing::warn!(error = %err, "cache purge by app failed; purging the whole cache");
+            self.map(kind).invalidate_all();
+        }
+    }
+
+    /// Drops every entry.
+    pub fn purge_all(&self) {
+        for map in &self.maps {
+            map.invalidate_all();
+        }
+    }
+}
+
+const JSON: &str = "application/json";
+
+/// The vendor failed (rather than answered): worth a stale answer instead.
+fn vendor_failed(status: StatusCode) -> bool {
+    status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS
+}
+
+fn is_delivered(body: &[u8], msg_id: &str) -> bool {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| {
+            v.get("data")?
+                .get(msg_id)?
+                .as_str()
+                .map(|s| s == "delivered")
+        })
+        .unwrap_or(false)
+}
+
+/// The vendor's offline-count body, field by field as the vendor writes it.
+fn render_count(
+    uri_base: &str,
+    path: &str,
+    suffix: &str,
+    user: &str,
+    count: u64,
+    timestamp: u64,
+    duration: u64,
+) -> Vec<u8> {
+    let mut numbers = itoa::Buffer::new();
+    let mut out = Vec::with_capacity(160 + uri_base.len() + path.len() + suffix.len() + user.len());
+    out.extend_from_slice(br#"{"action":"get","uri":""#);
+    out.extend_from_slice(uri_base.as_bytes());
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(br#"","path":""#);
+    out.extend_from_slice(suffix.as_bytes());
+    out.extend_from_slice(br#"","entities":[],"data":{""#);
+    out.extend_from_slice(user.as_bytes());
+    out.extend_from_slice(br#"":"#);
+    out.extend_from_slice(numbers.format(count).as_bytes());
+    out.extend_from_slice(br#"},"timestamp":"#);
+    out.extend_from_slice(numbers.format(timestamp).as_bytes());
+    out.extend_from_slice(br#","duration":"#);
+    out.extend_from_slice(numbers.format(duration).as_bytes());
+    out.extend_from_slice(br#","count":0}"#);
+    out
+}
+
+/// The content type of cached JSON answers.
+pub fn json_content_type() -> HeaderValue {
+    HeaderValue::from_static(JSON)
+}

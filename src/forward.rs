@@ -1,0 +1,94 @@
+//! One call to the vendor on behalf of callers: the app token injected, a vendor 401 answered by
+//! renewing the token once and replaying the (buffered) request once, and the call's metrics.
+//!
+//! A [`VendorCall`] owns everything it needs, so the cache can run it in the background (a
+//! revalidation) or on behalf of several requests (a coalesced miss, a merged presence batch).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
+use http::{Method, Request, StatusCode, Uri};
+use http_body_util::Full;
+
+use crate::error::GatewayError;
+use crate::gateway::{App, Gateway};
+use crate::route::Endpoint;
+use crate::upstream::{vendor_uri, UpstreamError, VendorResponse};
+
+/// The request-id header, sent on to the vendor.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// A call to make to the vendor.
+pub struct VendorCall {
+    gateway: Arc<Gateway>,
+    app: Arc<App>,
+    endpoint: Endpoint,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl VendorCall {
+    /// The call `request` describes (its URI: the path and query under the app's vendor base
+    /// URL; its headers: the caller's forwardable ones), tagged with the caller's request id.
+    pub fn new(
+        gateway: &Arc<Gateway>,
+        app: &Arc<App>,
+        endpoint: Endpoint,
+        request: Request<Bytes>,
+        request_id: &HeaderValue,
+    ) -> Result<VendorCall, GatewayError> {
+        let (mut parts, body) = request.into_parts();
+        parts
+            .headers
+            .insert(X_REQUEST_ID.clone(), request_id.clone());
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        Ok(VendorCall {
+            gateway: gateway.clone(),
+            app: app.clone(),
+            endpoint,
+            uri: vendor_uri(&app.base, path)?,
+            method: parts.method,
+            headers: parts.headers,
+            body,
+        })
+    }
+
+    /// Makes the call. A 401 means the vendor refused imgate's token (the caller's credentials
+    /// were fine): the token is renewed once, for all the requests that saw it refused, and the
+    /// call replayed once; a second 401 is [`GatewayError::UpstreamUnauthorized`].
+    pub async fn send(mut self) -> Result<VendorResponse, GatewayError> {
+        let mut token = self.app.tokens.token().await?;
+        for attempt in 0..2 {
+            self.headers.insert(AUTHORIZATION, token.header.clone());
+            let mut request = Request::new(Full::new(self.body.clone()));
+            *request.method_mut() = self.method.clone();
+            *request.uri_mut() = self.uri.clone();
+            *request.headers_mut() = self.headers.clone();
+            let started = std::time::Instant::now();
+            let result = self.gateway.upstream.send(request).await;
+            self.record(&result, started.elapsed().as_secs_f64());
+            let response = result?;
+            if response.status != StatusCode::UNAUTHORIZED {
+                return Ok(response);
+            }
+            if attempt == 0 {
+                token = self.app.tokens.replace_rejected(&token).await?;
+            }
+        }
+        Err(GatewayError::UpstreamUnauthorized)
+    }
+
+    fn record(&self, result: &Result<VendorResponse, UpstreamError>, seconds: f64) {
+        let status = match result {
+            Ok(response) => response.status.as_str(),
+            Err(UpstreamError::Timeout) => "timeout",
+            Err(_) => "error",
+        };
+        self.gateway
+            .metrics
+            .upstream(&self.app.name, self.endpoint.name(), status, seconds);
+    }
+}
