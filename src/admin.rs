@@ -22,7 +22,9 @@ pub async fn handle(gateway: &Gateway, req: Request<Incoming>) -> HttpResponse {
         (&Method::GET, "/healthz") => json_response(200, Bytes::from_static(br#"{"status":"ok"}"#)),
         (&Method::GET, "/readyz") => readiness(&snapshot),
         (&Method::GET, "/metrics") => {
-            gateway.metrics.cache_entries(&gateway.cache.entry_counts());
+            gateway
+                .metrics
+                .cache_entries(&gateway.cache.entry_counts().await);
             let mut response = json_response(200, Bytes::from(gateway.metrics.encode()));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,

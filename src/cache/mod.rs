@@ -420,8 +420,12 @@ impl Cache {
         &self.maps[kind as usize]
     }
 
-    /// Entries held, per kind (for `imgate_cache_entries`).
-    pub fn entry_counts(&self) -> [(Kind, u64); 4] {
+    /// Entries held, per kind (for `imgate_cache_entries`); settles moka's pending work first
+    /// so that the counts are current.
+    pub async fn entry_counts(&self) -> [(Kind, u64); 4] {
+        for map in &self.maps {
+            map.run_pending_tasks().await;
+        }
         Kind::ALL.map(|k| (k, self.map(k).entry_count()))
     }
 

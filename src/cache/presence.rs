@@ -3,7 +3,10 @@
 //!
 //! Misses from concurrent requests are merged by the [`Batcher`]: the users missing within a
 //! short window (default 2 ms, at most 100 users) go to the vendor in one batch call, and a
-//! user already on its way in a pending call is waited for rather than asked for again.
+//! user already on its way in a pending call is waited for rather than asked for again. While
+//! a call of the app is in flight, the next batch keeps collecting until that call ends (or
+//! the batch is full): under load, calls go out about once per vendor round trip with many
+//! users each, rather than once per window with a few.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -60,6 +63,10 @@ struct AppBatches {
     open: Option<Batch>,
     /// Users whose presence is on its way, and the outcome to wait for.
     pending: HashMap<String, watch::Receiver<Option<BatchOutcome>>>,
+    /// Merged calls of this app in flight.
+    in_flight: usize,
+    /// Signalled when one of them ends.
+    call_ended: Arc<tokio::sync::Notify>,
 }
 
 /// Merges presence lookups into vendor batch calls, per app.
@@ -254,9 +261,6 @@ impl Cache {
                     .as_ref()
                     .is_none_or(|b| b.users.len() >= self.batcher.max_users)
                 {
-                    if let Some(full) = batches.open.as_ref() {
-                        full.full.notify_one();
-                    }
                     let (done, _) = watch::channel(None);
                     let batch = Batch {
                         users: Vec::new(),
@@ -268,6 +272,7 @@ impl Cache {
                     let (full, receiver) = (batch.full.clone(), batch.done.subscribe());
                     // A full batch is replaced; the flush task finds its own by its channel.
                     if let Some(previous) = batches.open.replace(batch) {
+                        batches.in_flight += 1;
                         self.spawn_flush_now(app, previous, sizes);
                     }
                     self.spawn_flush(app.to_owned(), receiver, full, sizes.clone());
@@ -327,25 +332,61 @@ impl Cache {
                 () = tokio::time::sleep(window) => {}
                 () = full.notified() => {}
             }
-            let batch = {
-                let mut apps = cache.batcher.apps.lock().unwrap_or_else(|p| p.into_inner());
-                let Some(batches) = apps.get_mut(&app) else {
-                    return;
-                };
-                match &batches.open {
-                    Some(open) if receiver.same_channel(&open.done.subscribe()) => {
-                        batches.open.take()
+            loop {
+                let call_ended = {
+                    let mut apps = cache.batcher.apps.lock().unwrap_or_else(|p| p.into_inner());
+                    match apps.get_mut(&app) {
+                        // Gone, or already flushed because it filled up.
+                        Some(b)
+                            if b.open
+                                .as_ref()
+                                .is_some_and(|o| receiver.same_channel(&o.done.subscribe())) =>
+                        {
+                            let full = b
+                                .open
+                                .as_ref()
+                                .is_some_and(|o| o.users.len() >= cache.batcher.max_users);
+                            if b.in_flight == 0 || full {
+                                b.in_flight += 1;
+                                Err(b.open.take())
+                            } else {
+                                Ok(b.call_ended.clone())
+                            }
+                        }
+                        _ => Err(None),
                     }
-                    // Already flushed because it filled up.
-                    _ => None,
+                };
+                let call_ended = match call_ended {
+                    Ok(call_ended) => call_ended,
+                    Err(batch) => {
+                        if let Some(batch) = batch {
+                            cache.flush(&app, batch, &sizes).await;
+                        }
+                        return;
+                    }
+                };
+                let ended = call_ended.notified();
+                tokio::pin!(ended);
+                // Registered before a call can end unseen: re-check under the lock first.
+                ended.as_mut().enable();
+                let still_busy = cache
+                    .batcher
+                    .apps
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&app)
+                    .is_some_and(|b| b.in_flight > 0);
+                if still_busy {
+                    tokio::select! {
+                        () = ended => {}
+                        () = full.notified() => {}
+                    }
                 }
-            };
-            if let Some(batch) = batch {
-                cache.flush(&app, batch, &sizes).await;
             }
         });
     }
 
+    /// Sends a full batch at once (the caller holds the lock and counts it in flight).
     fn spawn_flush_now(self: &Arc<Self>, app: &str, batch: Batch, sizes: &prometheus::Histogram) {
         let (cache, app, sizes) = (self.clone(), app.to_owned(), sizes.clone());
         tokio::spawn(async move { cache.flush(&app, batch, &sizes).await });
@@ -372,6 +413,8 @@ impl Cache {
         {
             let mut apps = self.batcher.apps.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(batches) = apps.get_mut(app) {
+                batches.in_flight = batches.in_flight.saturating_sub(1);
+                batches.call_ended.notify_waiters();
                 for user in &batch.users {
                     if batches
                         .pending
