@@ -25,10 +25,6 @@
 # outside this script (a build, another test suite) used during the run; above 10% the script
 # warns that the row is skewed.
 #
-# imgate: until its response cache exists (src/cache/), imgate forwards every read, so its rows
-# are miss-path numbers and the script says so. Once it exists, uncomment the [cache.offline_count]
-# lines in the generated gateway configuration below (marked "CACHE").
-#
 # Equivalence: every server gets the same request (with `Authorization: Bearer demo-key`).
 # imgate authenticates the caller before its cache lookup, so nginx and HAProxy check that same
 # static key too (a cheap header comparison) before serving from their cache, replace it with the
@@ -112,11 +108,9 @@ sed -e "s|http://127.0.0.1:8081|http://$EMU|" -e "s|127.0.0.1:8080|$GW|" -e "s|1
   config/demo.toml > "$work/gateway.toml"
 cat >> "$work/gateway.toml" <<'EOF'
 
-# CACHE: imgate's response cache for offline_msg_count. Uncomment once src/cache/ has landed
-# (today's configuration rejects the unknown section). The TTL outlives every run, so that the
-# hit runs see no expiry.
-# [cache.offline_count]
-# ttl_ms = 60000
+# The TTL outlives every run, so that the hit runs see no expiry (as nginx's and HAProxy's).
+[cache.offline_count]
+ttl_ms = 60000
 EOF
 RUST_LOG=warn "$BIN" serve --config "$work/gateway.toml" & pids+=($!)
 wait_ok "http://$ADMIN/healthz"

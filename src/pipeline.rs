@@ -400,10 +400,18 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
                 && bytes.iter().all(|b| b.is_ascii_graphic())
         })
         .cloned()
-        .unwrap_or_else(|| {
-            let id: u128 = rand::random();
-            HeaderValue::try_from(format!("{id:032x}")).unwrap_or(HeaderValue::from_static("-"))
-        })
+        .unwrap_or_else(new_request_id)
+}
+
+/// 32 random hex digits.
+fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let random: u128 = rand::random();
+    let mut digits = [0u8; 32];
+    for (i, digit) in digits.iter_mut().enumerate() {
+        *digit = HEX[((random >> (4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&digits).unwrap_or(HeaderValue::from_static("-"))
 }
 
 #[cfg(test)]

@@ -144,6 +144,12 @@ impl Kind {
         }
     }
 
+    /// Whether one entry per user holds this kind (invalidated by removing it), rather than a
+    /// group of entries (invalidated by a mark).
+    const fn is_exact(self) -> bool {
+        matches!(self, Kind::OfflineCount | Kind::Presence)
+    }
+
     /// Every kind.
     pub const ALL: [Kind; 4] = [
         Kind::OfflineCount,
@@ -368,12 +374,16 @@ pub struct Cache {
 impl Cache {
     /// An empty cache with these policies.
     pub fn new(settings: CacheSettings) -> Cache {
-        let map = |policy: &CachePolicy| {
-            Moka::builder()
-                .max_capacity(policy.max_entries)
-                .expire_after(EntryExpiry)
-                .support_invalidation_closures()
-                .build()
+        // One lifetime per kind, except offline statuses (`delivered` lives longer), which pay
+        // for moka's per-entry expiry.
+        let map = |policy: &CachePolicy, per_entry: bool| {
+            let builder = Moka::builder().max_capacity(policy.max_entries);
+            let builder = if per_entry {
+                builder.expire_after(EntryExpiry)
+            } else {
+                builder.time_to_live(policy.ttl + policy.stale_while_revalidate.max(policy.stale_if_error))
+            };
+            builder.support_invalidation_closures().build()
         };
         let longest = [
             &settings.offline_count,
@@ -387,10 +397,10 @@ impl Cache {
         .unwrap_or_default();
         Cache {
             maps: [
-                map(&settings.offline_count),
-                map(&settings.offline_status),
-                map(&settings.sublist),
-                map(&settings.presence),
+                map(&settings.offline_count, false),
+                map(&settings.offline_status, true),
+                map(&settings.sublist, false),
+                map(&settings.presence, false),
             ],
             // A mark must outlive every entry it may invalidate.
             marks: Moka::builder()
@@ -432,7 +442,9 @@ impl Cache {
     /// The entry of `key` if it exists and no invalidation made it stale, whatever its age.
     pub async fn lookup(&self, key: &Key<'_>) -> Option<Arc<Entry>> {
         let entry = self.map(key.kind).get(&self.hashes.entry(key)).await?;
-        if entry.invalidatable {
+        // Counts and presence are invalidated by removing their one entry (see `insert`), so
+        // their hits skip the mark lookup; statuses and lists are invalidated by group.
+        if entry.invalidatable && !key.kind.is_exact() {
             let group = self.hashes.group(key.kind, key.app, key.user);
             if let Some(mark) = self.marks.get(&group).await {
                 if entry.seq < mark {
@@ -580,7 +592,21 @@ impl Cache {
             refreshing: AtomicBool::new(false),
             body,
         };
+        self.insert(key, entry_key, entry).await;
+    }
+
+    /// Inserts an entry. One of a kind invalidated by key (counts, presence) is removed again if
+    /// its user was invalidated after its vendor call started: checking after the insert closes
+    /// the race with an invalidation that removes the key just before the insert.
+    async fn insert(&self, key: &Key<'_>, entry_key: u128, entry: Entry) {
+        let seq = entry.seq;
         self.map(key.kind).insert(entry_key, Arc::new(entry)).await;
+        if key.kind.is_exact() {
+            let group = self.hashes.group(key.kind, key.app, key.user);
+            if self.marks.get(&group).await.is_some_and(|mark| seq < mark) {
+                self.map(key.kind).invalidate(&entry_key).await;
+            }
+        }
     }
 
     /// The compact form of an offline-count answer, if it renders back byte for byte.

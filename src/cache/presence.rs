@@ -450,9 +450,7 @@ impl Cache {
             user,
             extra: "",
         };
-        self.map(Kind::Presence)
-            .insert(self.hashes.entry(&key), Arc::new(entry))
-            .await;
+        self.insert(&key, self.hashes.entry(&key), entry).await;
     }
 
     /// The sequence number a write-through refresh stores its entries with.
