@@ -19,7 +19,11 @@ const APP_ID: &str = "a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6";
 
 fn resident_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
     pages * 4096
 }
 
@@ -55,8 +59,14 @@ fn vendor_answer(path: &str, user: &str, count: u64) -> VendorResponse {
 }
 
 fn main() {
-    let entries: u64 = std::env::var("ENTRIES").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let entries: u64 = std::env::var("ENTRIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     runtime.block_on(async {
         let cache = Arc::new(Cache::new(CacheSettings {
             offline_count: policy(entries),

@@ -145,7 +145,7 @@ async fn purge(gateway: &Gateway, snapshot: &Snapshot, query: Option<&str>) -> H
         None if param("app").is_none() && param("endpoint").is_none() => cache.purge_all(),
         None => {
             for kind in &kinds {
-                cache.purge_apps(*kind, &apps);
+                cache.purge_apps(*kind, &apps).await;
             }
         }
     }

@@ -15,6 +15,9 @@
 
 mod effects;
 pub mod presence;
+mod store;
+
+use store::Store;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -28,7 +31,6 @@ use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::StatusCode;
 use moka::future::Cache as Moka;
-use moka::Expiry;
 use serde_json::Value;
 
 use crate::error::GatewayError;
@@ -189,13 +191,15 @@ pub enum Body {
     },
 }
 
-/// A cached 200 answer.
+/// A cached 200 answer. Kept small: a million of them must fit in the memory budget.
 #[derive(Debug)]
 pub struct Entry {
     /// When the vendor answered (for `Age`).
     pub stored_at: Instant,
-    fresh_until: Instant,
-    stale_until: Instant,
+    /// Fresh for this many milliseconds after `stored_at`…
+    fresh_ms: u32,
+    /// …and servable (stale) for this many.
+    alive_ms: u32,
     /// Sequence number current when the vendor call started (see the module notes).
     seq: u64,
     /// Whether group invalidations apply (a `delivered` status is final: they do not).
@@ -208,6 +212,39 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// An entry stored now: fresh for `ttl`, then servable for the policy's stale windows.
+    fn new(
+        ttl: Duration,
+        policy: &CachePolicy,
+        seq: u64,
+        invalidatable: bool,
+        app: u64,
+        body: Body,
+    ) -> Entry {
+        let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
+        let stale = policy.stale_while_revalidate.max(policy.stale_if_error);
+        Entry {
+            stored_at: Instant::now(),
+            fresh_ms: ms(ttl),
+            alive_ms: ms(ttl + stale),
+            seq,
+            invalidatable,
+            app,
+            refreshing: AtomicBool::new(false),
+            body,
+        }
+    }
+
+    /// The end of the entry's freshness.
+    fn fresh_until(&self) -> Instant {
+        self.stored_at + Duration::from_millis(u64::from(self.fresh_ms))
+    }
+
+    /// Whether the entry may still be served (fresh, or within a stale window).
+    fn is_alive(&self) -> bool {
+        self.stored_at.elapsed() < Duration::from_millis(u64::from(self.alive_ms))
+    }
+
     /// The body bytes; `path`, `suffix` and `user` are the request's (for a rendered count).
     pub fn body_bytes(&self, path: &str, suffix: &str, user: &str) -> Bytes {
         match &self.body {
@@ -300,29 +337,6 @@ impl Hashes {
     }
 }
 
-struct EntryExpiry;
-
-impl Expiry<u128, Arc<Entry>> for EntryExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &u128,
-        entry: &Arc<Entry>,
-        created_at: Instant,
-    ) -> Option<Duration> {
-        Some(entry.stale_until.saturating_duration_since(created_at))
-    }
-
-    fn expire_after_update(
-        &self,
-        key: &u128,
-        entry: &Arc<Entry>,
-        updated_at: Instant,
-        _duration_until_expiry: Option<Duration>,
-    ) -> Option<Duration> {
-        self.expire_after_create(key, entry, updated_at)
-    }
-}
-
 /// Calls in flight, by entry key, so that concurrent misses share one.
 struct Flights {
     shards: Vec<Mutex<HashMap<u128, Arc<tokio::sync::OnceCell<Shared>>>>>,
@@ -361,7 +375,7 @@ impl Flights {
 pub struct Cache {
     settings: CacheSettings,
     hashes: Hashes,
-    maps: [Moka<u128, Arc<Entry>>; 4],
+    stores: [Store; 4],
     /// Group key → sequence number of its last invalidation.
     marks: Moka<u128, u64>,
     seq: AtomicU64,
@@ -374,16 +388,11 @@ pub struct Cache {
 impl Cache {
     /// An empty cache with these policies.
     pub fn new(settings: CacheSettings) -> Cache {
-        // One lifetime per kind, except offline statuses (`delivered` lives longer), which pay
-        // for moka's per-entry expiry.
-        let map = |policy: &CachePolicy, per_entry: bool| {
-            let builder = Moka::builder().max_capacity(policy.max_entries);
-            let builder = if per_entry {
-                builder.expire_after(EntryExpiry)
-            } else {
-                builder.time_to_live(policy.ttl + policy.stale_while_revalidate.max(policy.stale_if_error))
-            };
-            builder.support_invalidation_closures().build()
+        let lifetime = |p: &CachePolicy| p.ttl + p.stale_while_revalidate.max(p.stale_if_error);
+        let store = |p: &CachePolicy| Store::new(p.max_entries, lifetime(p));
+        let statuses = CachePolicy {
+            ttl: settings.offline_status.ttl.max(settings.delivered_ttl),
+            ..settings.offline_status
         };
         let longest = [
             &settings.offline_count,
@@ -396,11 +405,11 @@ impl Cache {
         .max()
         .unwrap_or_default();
         Cache {
-            maps: [
-                map(&settings.offline_count, false),
-                map(&settings.offline_status, true),
-                map(&settings.sublist, false),
-                map(&settings.presence, false),
+            stores: [
+                store(&settings.offline_count),
+                store(&statuses),
+                store(&settings.sublist),
+                store(&settings.presence),
             ],
             // A mark must outlive every entry it may invalidate.
             marks: Moka::builder()
@@ -426,22 +435,22 @@ impl Cache {
         }
     }
 
-    fn map(&self, kind: Kind) -> &Moka<u128, Arc<Entry>> {
-        &self.maps[kind as usize]
+    fn entries(&self, kind: Kind) -> &Store {
+        &self.stores[kind as usize]
     }
 
-    /// Entries held, per kind (for `imgate_cache_entries`); settles moka's pending work first
-    /// so that the counts are current.
+    /// Entries held, per kind (for `imgate_cache_entries`).
     pub async fn entry_counts(&self) -> [(Kind, u64); 4] {
-        for map in &self.maps {
-            map.run_pending_tasks().await;
+        let mut counts = Kind::ALL.map(|k| (k, 0));
+        for (kind, count) in &mut counts {
+            *count = self.entries(*kind).len().await;
         }
-        Kind::ALL.map(|k| (k, self.map(k).entry_count()))
+        counts
     }
 
     /// The entry of `key` if it exists and no invalidation made it stale, whatever its age.
     pub async fn lookup(&self, key: &Key<'_>) -> Option<Arc<Entry>> {
-        let entry = self.map(key.kind).get(&self.hashes.entry(key)).await?;
+        let entry = self.entries(key.kind).get(self.hashes.entry(key)).await?;
         // Counts and presence are invalidated by removing their one entry (see `insert`), so
         // their hits skip the mark lookup; statuses and lists are invalidated by group.
         if entry.invalidatable && !key.kind.is_exact() {
@@ -472,16 +481,17 @@ impl Cache {
         let now = Instant::now();
         let mut fallback = None;
         if let Some(entry) = self.lookup(key).await {
-            if now < entry.fresh_until {
+            let fresh_until = entry.fresh_until();
+            if now < fresh_until {
                 return Ok(Answer::Cached(entry, CacheStatus::Hit));
             }
-            if now < entry.fresh_until + policy.stale_while_revalidate {
+            if now < fresh_until + policy.stale_while_revalidate {
                 if !entry.refreshing.swap(true, Ordering::AcqRel) {
                     self.revalidate(key, path, fetch());
                 }
                 return Ok(Answer::Cached(entry, CacheStatus::Stale));
             }
-            if now < entry.fresh_until + policy.stale_if_error {
+            if now < fresh_until + policy.stale_if_error {
                 fallback = Some(entry);
             }
         }
@@ -580,18 +590,7 @@ impl Cache {
             _ => None,
         }
         .unwrap_or_else(|| Body::Json(response.body.clone()));
-        let now = Instant::now();
-        let fresh_until = now + ttl;
-        let entry = Entry {
-            stored_at: now,
-            fresh_until,
-            stale_until: fresh_until + policy.stale_while_revalidate.max(policy.stale_if_error),
-            seq,
-            invalidatable: !delivered,
-            app: self.hashes.app(key.app),
-            refreshing: AtomicBool::new(false),
-            body,
-        };
+        let entry = Entry::new(ttl, policy, seq, !delivered, self.hashes.app(key.app), body);
         self.insert(key, entry_key, entry).await;
     }
 
@@ -600,11 +599,13 @@ impl Cache {
     /// the race with an invalidation that removes the key just before the insert.
     async fn insert(&self, key: &Key<'_>, entry_key: u128, entry: Entry) {
         let seq = entry.seq;
-        self.map(key.kind).insert(entry_key, Arc::new(entry)).await;
+        self.entries(key.kind)
+            .insert(entry_key, Arc::new(entry))
+            .await;
         if key.kind.is_exact() {
             let group = self.hashes.group(key.kind, key.app, key.user);
             if self.marks.get(&group).await.is_some_and(|mark| seq < mark) {
-                self.map(key.kind).invalidate(&entry_key).await;
+                self.entries(key.kind).remove(entry_key).await;
             }
         }
     }
@@ -657,24 +658,22 @@ impl Cache {
                 user,
                 extra: "",
             };
-            self.map(kind).invalidate(&self.hashes.entry(&key)).await;
+            self.entries(kind).remove(self.hashes.entry(&key)).await;
         }
     }
 
     /// Drops the entries of `kind` that belong to `apps`.
-    pub fn purge_apps(&self, kind: Kind, apps: &[&str]) {
+    pub async fn purge_apps(&self, kind: Kind, apps: &[&str]) {
         let hashes: Vec<u64> = apps.iter().map(|a| self.hashes.app(a)).collect();
-        let predicate = move |_: &u128, entry: &Arc<Entry>| hashes.contains(&entry.app);
-        if let Err(err) = self.map(kind).invalidate_entries_if(predicate) {
-            tracing::warn!(error = %err, "cache purge by app failed; purging the whole cache");
-            self.map(kind).invalidate_all();
-        }
+        self.entries(kind)
+            .remove_if(|entry| hashes.contains(&entry.app))
+            .await;
     }
 
     /// Drops every entry.
     pub fn purge_all(&self) {
-        for map in &self.maps {
-            map.invalidate_all();
+        for store in &self.stores {
+            store.clear();
         }
     }
 }

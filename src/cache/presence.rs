@@ -130,17 +130,17 @@ impl Cache {
                 extra: "",
             };
             match self.lookup(&key).await {
-                Some(e) if now < e.fresh_until => {
+                Some(e) if now < e.fresh_until() => {
                     found.insert(user, (e, false));
                 }
-                Some(e) if now < e.fresh_until + policy.stale_while_revalidate => {
+                Some(e) if now < e.fresh_until() + policy.stale_while_revalidate => {
                     if !e.refreshing.swap(true, std::sync::atomic::Ordering::AcqRel) {
                         revalidate.push(user.to_owned());
                     }
                     found.insert(user, (e, true));
                 }
                 Some(e) => {
-                    if now < e.fresh_until + policy.stale_if_error {
+                    if now < e.fresh_until() + policy.stale_if_error {
                         fallback.insert(user, e);
                     }
                     missing.push(user.to_owned());
@@ -432,18 +432,14 @@ impl Cache {
     /// Stores one user's presence entry, as fetched from sequence `seq` on.
     pub async fn store_presence(&self, app: &str, user: &str, entry: Bytes, seq: u64) {
         let policy = self.policy(Kind::Presence);
-        let now = Instant::now();
-        let fresh_until = now + policy.ttl;
-        let entry = Entry {
-            stored_at: now,
-            fresh_until,
-            stale_until: fresh_until + policy.stale_while_revalidate.max(policy.stale_if_error),
+        let entry = Entry::new(
+            policy.ttl,
+            policy,
             seq,
-            invalidatable: true,
-            app: self.hashes.app(app),
-            refreshing: std::sync::atomic::AtomicBool::new(false),
-            body: Body::Json(entry),
-        };
+            true,
+            self.hashes.app(app),
+            Body::Json(entry),
+        );
         let key = Key {
             kind: Kind::Presence,
             app,
