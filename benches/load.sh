@@ -31,6 +31,8 @@ trap cleanup EXIT
 # The gateway: the demo configuration, pointed at the quota-free emulator.
 sed -e "s|http://127.0.0.1:8081|http://$EMU|" -e "s|127.0.0.1:8080|$GW|" -e "s|127.0.0.1:9090|$ADMIN|" \
   config/demo.toml > "$work/gateway.toml"
+# The miss path: imgate's cache off for this read, so every call goes to the vendor.
+printf '\n[cache.offline_count]\nttl_ms = 0\n' >> "$work/gateway.toml"
 RUST_LOG=warn "$BIN" emulator --config benches/emulator.toml --listen "$EMU" & pids+=($!)
 RUST_LOG=warn "$BIN" serve --config "$work/gateway.toml" & pids+=($!)
 for _ in $(seq 50); do
