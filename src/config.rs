@@ -390,6 +390,51 @@ pub enum Credentials {
 }
 
 impl Credentials {
+    /// Whether both name the same app with the same secrets (a reload keeps the app's token).
+    pub fn same_as(&self, other: &Credentials) -> bool {
+        match (self, other) {
+            (
+                Credentials::Agora {
+                    app_id,
+                    certificate,
+                    expire_secs,
+                },
+                Credentials::Agora {
+                    app_id: id2,
+                    certificate: cert2,
+                    expire_secs: exp2,
+                },
+            ) => {
+                app_id == id2
+                    && certificate.expose_secret() == cert2.expose_secret()
+                    && expire_secs == exp2
+            }
+            (
+                Credentials::Easemob {
+                    org,
+                    app,
+                    client_id,
+                    client_secret,
+                    ttl_secs,
+                },
+                Credentials::Easemob {
+                    org: o2,
+                    app: a2,
+                    client_id: id2,
+                    client_secret: s2,
+                    ttl_secs: t2,
+                },
+            ) => {
+                org == o2
+                    && app == a2
+                    && client_id == id2
+                    && client_secret.expose_secret() == s2.expose_secret()
+                    && ttl_secs == t2
+            }
+            _ => false,
+        }
+    }
+
     /// The vendor these credentials belong to.
     pub fn vendor(&self) -> VendorKind {
         match self {

@@ -60,51 +60,7 @@ impl App {
         self.name == settings.name
             && self.base == settings.upstream
             && &self.policy == policy
-            && same_credentials(self.tokens.credentials(), &settings.credentials)
-    }
-}
-
-fn same_credentials(a: &Credentials, b: &Credentials) -> bool {
-    match (a, b) {
-        (
-            Credentials::Agora {
-                app_id,
-                certificate,
-                expire_secs,
-            },
-            Credentials::Agora {
-                app_id: id2,
-                certificate: cert2,
-                expire_secs: exp2,
-            },
-        ) => {
-            app_id == id2
-                && certificate.expose_secret() == cert2.expose_secret()
-                && expire_secs == exp2
-        }
-        (
-            Credentials::Easemob {
-                org,
-                app,
-                client_id,
-                client_secret,
-                ttl_secs,
-            },
-            Credentials::Easemob {
-                org: o2,
-                app: a2,
-                client_id: id2,
-                client_secret: s2,
-                ttl_secs: t2,
-            },
-        ) => {
-            org == o2
-                && app == a2
-                && client_id == id2
-                && client_secret.expose_secret() == s2.expose_secret()
-                && ttl_secs == t2
-        }
-        _ => false,
+            && self.tokens.credentials().same_as(&settings.credentials)
     }
 }
 

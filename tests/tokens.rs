@@ -4,12 +4,14 @@
 mod common;
 
 use std::io::Read;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{demo_config, http, Http, Resp, TestEmulator, TestGateway, DEMO_AUTH};
+use common::{
+    demo_config, free_port, http, Http, KillOnDrop, Resp, TestEmulator, TestGateway, DEMO_AUTH,
+};
 use http::Method;
 use imgate::demo;
 use imgate::emulator::EmulatorConfig;
@@ -419,26 +421,6 @@ async fn client_tokens_expire_and_wrong_credentials_get_the_vendors_errors() {
         .assert_error(401, "unauthorized");
 }
 
-/// A running `imgate serve` process; killed when dropped.
-struct ServeProcess {
-    child: Child,
-}
-
-impl Drop for ServeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_rotates_credentials_without_failing_a_request_and_nothing_leaks() {
     const OLD_CERT: &str = demo::AGORA_APP_CERTIFICATE;
@@ -465,7 +447,7 @@ async fn sighup_rotates_credentials_without_failing_a_request_and_nothing_leaks(
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
-    let process = ServeProcess { child };
+    let process = KillOnDrop(child);
     let base = format!("http://127.0.0.1:{api}");
     let metrics_url = format!("http://127.0.0.1:{admin}/metrics");
     let client = Http::new();
@@ -529,7 +511,7 @@ async fn sighup_rotates_credentials_without_failing_a_request_and_nothing_leaks(
     raw.apps[1].client_secret = Some(NEW_SECRET.into());
     write_config(&raw);
     let hup = Command::new("kill")
-        .args(["-HUP", &process.child.id().to_string()])
+        .args(["-HUP", &process.0.id().to_string()])
         .status()
         .unwrap();
     assert!(hup.success());

@@ -54,17 +54,12 @@ impl TestEmulator {
 
     /// The Agora demo app's prefix URL.
     pub fn agora(&self) -> String {
-        format!("{}/app-id/{}", self.base(), demo::AGORA_APP_ID)
+        agora_prefix(&self.base())
     }
 
     /// The Easemob demo app's prefix URL.
     pub fn easemob(&self) -> String {
-        format!(
-            "{}/{}/{}",
-            self.base(),
-            demo::EASEMOB_ORG,
-            demo::EASEMOB_APP
-        )
+        easemob_prefix(&self.base())
     }
 
     /// `GET /__emulator/stats`.
@@ -100,6 +95,35 @@ impl TestEmulator {
         .await;
         assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
         resp.json()["access_token"].as_str().unwrap().to_owned()
+    }
+}
+
+/// `base` + the Agora demo app's path prefix.
+pub fn agora_prefix(base: &str) -> String {
+    format!("{base}/app-id/{}", demo::AGORA_APP_ID)
+}
+
+/// `base` + the Easemob demo app's path prefix.
+pub fn easemob_prefix(base: &str) -> String {
+    format!("{base}/{}/{}", demo::EASEMOB_ORG, demo::EASEMOB_APP)
+}
+
+/// A loopback port that was free a moment ago (for servers in child processes).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process killed when dropped, so a failing test leaves no server behind.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -279,19 +303,14 @@ impl TestGateway {
         format!("http://{}", self.addr)
     }
 
-    /// The Agora demo app's prefix URL on the gateway.
+    /// The Agora demo app's prefix URL.
     pub fn agora(&self) -> String {
-        format!("{}/app-id/{}", self.base(), demo::AGORA_APP_ID)
+        agora_prefix(&self.base())
     }
 
-    /// The Easemob demo app's prefix URL on the gateway.
+    /// The Easemob demo app's prefix URL.
     pub fn easemob(&self) -> String {
-        format!(
-            "{}/{}/{}",
-            self.base(),
-            demo::EASEMOB_ORG,
-            demo::EASEMOB_APP
-        )
+        easemob_prefix(&self.base())
     }
 
     /// The admin listener's `/metrics` text.
