@@ -20,18 +20,30 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
 use crate::config::ClientSettings;
+use crate::limit::{LocalLimit, RateLimit};
 
 /// Client tokens start with this, so they are never mistaken for keys.
 const CLIENT_TOKEN_PREFIX: &str = "imgt1.";
 
 /// A configured client, as the request path sees it.
-#[derive(Debug)]
 pub struct Client {
     /// Its name (metrics and logs; never its key).
     pub name: String,
     key_sha256: [u8; 32],
     /// The app indices it may use; `None` for all.
     allowed: Option<Vec<usize>>,
+    /// Its quota on imgate; `None` for unlimited.
+    pub limit: Option<Box<dyn RateLimit>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("name", &self.name)
+            .field("allowed", &self.allowed)
+            .field("limit", &self.limit.as_ref().map(|l| l.policy()))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Client {
@@ -63,6 +75,9 @@ impl Clients {
                 name: c.name.clone(),
                 key_sha256: c.key_sha256,
                 allowed,
+                limit: c
+                    .rate_limit
+                    .map(|policy| Box::new(LocalLimit::new(policy)) as Box<dyn RateLimit>),
             });
             clients.by_name.insert(c.name.clone(), i);
         }
@@ -200,11 +215,13 @@ mod tests {
                 name: "all".into(),
                 key_sha256: Sha256::digest(b"key-all").into(),
                 apps: None,
+                rate_limit: None,
             },
             ClientSettings {
                 name: "one".into(),
                 key_sha256: Sha256::digest(b"key-one").into(),
                 apps: Some(vec!["b".into()]),
+                rate_limit: None,
             },
         ];
         Clients::new(&settings, |name| ["a", "b"].iter().position(|n| *n == name))
@@ -294,6 +311,7 @@ mod tests {
                 name: "one".into(),
                 key_sha256: Sha256::digest(b"new-key").into(),
                 apps: None,
+                rate_limit: None,
             }],
             |_| None,
         );

@@ -2,7 +2,7 @@
 //! → [`RawConfig::validate`] → typed [`Settings`]. Secrets may be given as `${ENV_VAR}` or
 //! `file:/path`; they are resolved during validation and held as [`SecretString`].
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::cache::{CachePolicy, CacheSettings};
+use crate::limit::{LimitPolicy, WaitPolicy};
+use crate::route::Endpoint;
 use crate::server::ConnLimits;
 use crate::token::TokenPolicy;
 use crate::vendor::{self, VendorKind};
@@ -56,6 +58,9 @@ pub struct RawConfig {
     /// The read cache.
     #[serde(default)]
     pub cache: RawCache,
+    /// Rate limits.
+    #[serde(default)]
+    pub limits: RawLimits,
     /// The vendor apps imgate fronts.
     #[serde(default)]
     pub apps: Vec<RawApp>,
@@ -180,6 +185,40 @@ impl Default for RawClientTokens {
     }
 }
 
+/// `[limits]`: waiting for vendor permits, and the default client quota.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawLimits {
+    /// Longest wait for a vendor permit before 429 `imgate_vendor_quota`, ms.
+    pub max_wait_ms: u64,
+    /// Most calls waiting for the permits of one vendor quota at once.
+    pub max_waiters: usize,
+    /// Quota of clients that name none (absent: unlimited).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_default: Option<RawRate>,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            max_wait_ms: 250,
+            max_waiters: 1024,
+            client_default: None,
+        }
+    }
+}
+
+/// A rate: `{ per_second = 20, burst = 20 }` (burst defaults to per_second).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRate {
+    /// Sustained requests per second.
+    pub per_second: u32,
+    /// Requests allowed at once after an idle period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+}
+
 /// `[cache]`: per-endpoint policies of the read cache.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -288,6 +327,14 @@ pub struct RawApp {
     /// `ttl` requested for Easemob tokens, seconds (the vendor's default when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_ttl_secs: Option<u64>,
+    /// Fraction of the vendor's quotas imgate may use (0 < share ≤ 1), e.g. 0.8 on 声网, where
+    /// the client SDKs' presence calls count against the same quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vendor_quota_share: Option<f64>,
+    /// The vendor's quotas per endpoint name, calls per second, where they differ from the
+    /// vendor's published table.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vendor_quotas: BTreeMap<String, u32>,
 }
 
 /// One `[[clients]]` entry.
@@ -305,6 +352,9 @@ pub struct RawClient {
     /// Names of the apps this client may use; all apps when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub apps: Option<Vec<String>>,
+    /// This client's quota on imgate (absent: `[limits] client_default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RawRate>,
 }
 
 /// Validated, typed settings.
@@ -330,6 +380,8 @@ pub struct Settings {
     pub client_token_key: Option<SecretString>,
     /// The read cache's policies.
     pub cache: CacheSettings,
+    /// How long and how many calls wait for vendor permits.
+    pub vendor_wait: WaitPolicy,
     /// The apps.
     pub apps: Vec<AppSettings>,
     /// The clients.
@@ -360,6 +412,8 @@ pub struct AppSettings {
     pub upstream: Uri,
     /// How its app token is obtained.
     pub credentials: Credentials,
+    /// The vendor quota imgate may use per endpoint ([`Endpoint::index`]), calls per second.
+    pub vendor_quotas: [u32; Endpoint::ALL.len()],
 }
 
 /// The credentials of an app, per vendor.
@@ -453,6 +507,8 @@ pub struct ClientSettings {
     pub key_sha256: [u8; 32],
     /// Apps it may use (`None`: all).
     pub apps: Option<Vec<String>>,
+    /// Its quota (`None`: unlimited).
+    pub rate_limit: Option<LimitPolicy>,
 }
 
 const MASK: &str = "********";
@@ -548,11 +604,16 @@ impl RawConfig {
             apps.iter().map(|a| vendor_identity(&a.credentials)),
         )?;
         let app_names: HashSet<&str> = self.apps.iter().map(|a| a.name.as_str()).collect();
+        let client_default = self
+            .limits
+            .client_default
+            .map(|r| rate("limits.client_default", r))
+            .transpose()?;
         let clients = self
             .clients
             .iter()
             .enumerate()
-            .map(|(i, c)| validate_client(&format!("clients[{i}]"), c, &app_names))
+            .map(|(i, c)| validate_client(&format!("clients[{i}]"), c, &app_names, client_default))
             .collect::<Result<Vec<_>, _>>()?;
         unique(
             "clients",
@@ -617,8 +678,16 @@ impl RawConfig {
             ));
         }
         let cache = validate_cache(&self.cache)?;
+        if self.limits.max_waiters == 0 {
+            return Err(bad("limits.max_waiters", "must be greater than 0"));
+        }
+        let vendor_wait = WaitPolicy {
+            max_wait: Duration::from_millis(self.limits.max_wait_ms),
+            max_waiters: self.limits.max_waiters,
+        };
         Ok(Settings {
             cache,
+            vendor_wait,
             token_policy,
             client_token_ttl: Duration::from_secs(ct.ttl_secs),
             client_token_key,
@@ -816,10 +885,32 @@ fn validate_app(at: &str, app: &RawApp) -> Result<AppSettings, ConfigError> {
             }
         }
     };
+    let share = app.vendor_quota_share.unwrap_or(1.0);
+    if !(share > 0.0 && share <= 1.0) {
+        return Err(bad(
+            field("vendor_quota_share"),
+            "must be above 0 and at most 1",
+        ));
+    }
+    let mut vendor_quotas = Endpoint::ALL.map(vendor::default_quota);
+    for (name, quota) in &app.vendor_quotas {
+        let endpoint = Endpoint::from_name(name)
+            .ok_or_else(|| bad(field(&format!("vendor_quotas.{name}")), "unknown endpoint"))?;
+        if *quota == 0 {
+            return Err(bad(
+                field(&format!("vendor_quotas.{name}")),
+                "must be greater than 0",
+            ));
+        }
+        vendor_quotas[endpoint.index()] = *quota;
+    }
+    // The share never rounds a quota down to nothing.
+    let vendor_quotas = vendor_quotas.map(|q| ((f64::from(q) * share).floor() as u32).max(1));
     Ok(AppSettings {
         name: app.name.clone(),
         upstream,
         credentials,
+        vendor_quotas,
     })
 }
 
@@ -849,6 +940,7 @@ fn validate_client(
     at: &str,
     client: &RawClient,
     apps: &HashSet<&str>,
+    default_rate: Option<LimitPolicy>,
 ) -> Result<ClientSettings, ConfigError> {
     let field = |name: &str| format!("{at}.{name}");
     if client.name.is_empty() {
@@ -871,10 +963,26 @@ fn validate_client(
             return Err(bad(field("apps"), format!("no app named {unknown:?}")));
         }
     }
+    let rate_limit = match client.rate_limit {
+        Some(r) => Some(rate(&field("rate_limit"), r)?),
+        None => default_rate,
+    };
     Ok(ClientSettings {
         name: client.name.clone(),
         key_sha256,
         apps: client.apps.clone(),
+        rate_limit,
+    })
+}
+
+fn rate(field: &str, raw: RawRate) -> Result<LimitPolicy, ConfigError> {
+    let burst = raw.burst.unwrap_or(raw.per_second);
+    if raw.per_second == 0 || burst == 0 {
+        return Err(bad(field, "per_second and burst must be greater than 0"));
+    }
+    Ok(LimitPolicy {
+        per_second: raw.per_second,
+        burst,
     })
 }
 

@@ -2,7 +2,11 @@
 //! vendor-shaped JSON body (so vendor SDKs and callers parse imgate's errors like the vendor's).
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use http::HeaderValue;
+
+use crate::limit::retry_after_secs;
 use crate::server::{json_response, HttpResponse};
 use crate::token::TokenError;
 use crate::upstream::UpstreamError;
@@ -56,6 +60,20 @@ pub enum GatewayError {
     /// A merged call this request waited for ended without an answer (imgate's fault).
     #[error("a merged vendor call was abandoned")]
     BatchAbandoned,
+    /// The client is over its own quota on imgate.
+    #[error("this client is over its quota of {per_second} requests per second")]
+    RateLimited {
+        /// Its sustained rate.
+        per_second: u32,
+        /// When it may try again.
+        retry_after: Duration,
+    },
+    /// No vendor permit within `limits.max_wait_ms`: the vendor's quota is used up.
+    #[error("the vendor's quota for this endpoint is used up")]
+    VendorQuota {
+        /// When the caller may try again.
+        retry_after: Duration,
+    },
 }
 
 /// Who caused an error: decides whether a retry may help and how it is logged.
@@ -85,6 +103,7 @@ impl GatewayError {
             GatewayError::Upstream(_) | GatewayError::UpstreamUnauthorized => 502,
             GatewayError::Shared(inner) => inner.status(),
             GatewayError::BatchAbandoned => 500,
+            GatewayError::RateLimited { .. } | GatewayError::VendorQuota { .. } => 429,
         }
     }
 
@@ -110,6 +129,8 @@ impl GatewayError {
             GatewayError::UpstreamUnauthorized => "imgate_upstream_unauthorized",
             GatewayError::Shared(inner) => inner.name(),
             GatewayError::BatchAbandoned => "imgate_internal_error",
+            GatewayError::RateLimited { .. } => "imgate_rate_limited",
+            GatewayError::VendorQuota { .. } => "imgate_vendor_quota",
         }
     }
 
@@ -125,11 +146,12 @@ impl GatewayError {
             | GatewayError::InvalidGrant
             | GatewayError::UnsupportedMediaType
             | GatewayError::BadJson
+            | GatewayError::RateLimited { .. }
             | GatewayError::OtherNotForwarded => Fault::Caller,
             GatewayError::Token(_)
             | GatewayError::UpstreamUnauthorized
             | GatewayError::BatchAbandoned => Fault::Imgate,
-            GatewayError::Upstream(_) => Fault::Vendor,
+            GatewayError::Upstream(_) | GatewayError::VendorQuota { .. } => Fault::Vendor,
             GatewayError::Shared(inner) => inner.fault(),
         }
     }
@@ -138,18 +160,37 @@ impl GatewayError {
     /// endpoint): a stale cached answer may stand in.
     pub fn is_vendor_failure(&self) -> bool {
         match self {
-            GatewayError::Upstream(_) | GatewayError::Token(_) => true,
+            GatewayError::Upstream(_)
+            | GatewayError::Token(_)
+            | GatewayError::VendorQuota { .. } => true,
             GatewayError::Shared(inner) => inner.is_vendor_failure(),
             _ => false,
         }
     }
 
+    /// When the caller may try again, for `Retry-After`.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            GatewayError::RateLimited { retry_after, .. }
+            | GatewayError::VendorQuota { retry_after } => Some(*retry_after),
+            GatewayError::Shared(inner) => inner.retry_after(),
+            _ => None,
+        }
+    }
+
     /// The answer to the caller.
     pub fn to_response(&self) -> HttpResponse {
-        json_response(
+        let mut response = json_response(
             self.status(),
             vendor::error_body(self.name(), "ImgateException", &self.to_string()),
-        )
+        );
+        if let Some(wait) = self.retry_after() {
+            response.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs(wait)),
+            );
+        }
+        response
     }
 }
 

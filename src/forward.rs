@@ -13,6 +13,7 @@ use http_body_util::Full;
 
 use crate::error::GatewayError;
 use crate::gateway::{App, Gateway};
+use crate::metrics::Scope;
 use crate::route::Endpoint;
 use crate::upstream::{vendor_uri, UpstreamError, VendorResponse};
 
@@ -61,7 +62,19 @@ impl VendorCall {
     /// call replayed once; a second 401 is [`GatewayError::UpstreamUnauthorized`].
     pub async fn send(mut self) -> Result<VendorResponse, GatewayError> {
         let mut token = self.app.tokens.token().await?;
+        let quota = self.app.quota(self.endpoint);
+        let metrics = &self.gateway.metrics;
         for attempt in 0..2 {
+            // 5. limit (vendor): every call that really goes to the vendor takes a permit.
+            match quota.acquire().await {
+                Ok(waited) => metrics.rate_wait(Scope::Vendor, waited),
+                Err(exhausted) => {
+                    metrics.rate_limited(Scope::Vendor);
+                    return Err(GatewayError::VendorQuota {
+                        retry_after: exhausted.retry_after,
+                    });
+                }
+            }
             self.headers.insert(AUTHORIZATION, token.header.clone());
             let mut request = Request::new(Full::new(self.body.clone()));
             *request.method_mut() = self.method.clone();
@@ -71,6 +84,17 @@ impl VendorCall {
             let result = self.gateway.upstream.send(request).await;
             self.record(&result, started.elapsed().as_secs_f64());
             let response = result?;
+            if matches!(
+                response.status,
+                StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+            ) {
+                // Over the vendor's limit after all (a misconfigured quota, or other callers of
+                // the same app): pause this endpoint, as long as the vendor asks if it says.
+                quota.throttled(retry_after(&response.headers));
+                metrics.vendor_throttled(&self.app.name, self.endpoint.name());
+            } else {
+                quota.succeeded();
+            }
             if response.status != StatusCode::UNAUTHORIZED {
                 return Ok(response);
             }
@@ -91,4 +115,16 @@ impl VendorCall {
             .metrics
             .upstream(&self.app.name, self.endpoint.name(), status, seconds);
     }
+}
+
+/// A `Retry-After` of whole seconds (the HTTP-date form is not used by the vendor).
+fn retry_after(headers: &HeaderMap) -> Option<std::time::Duration> {
+    let secs: u64 = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(std::time::Duration::from_secs(secs.min(300)))
 }

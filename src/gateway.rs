@@ -21,8 +21,9 @@ use tokio::sync::watch;
 use crate::auth::{ClientTokenKey, Clients};
 use crate::cache::Cache;
 use crate::config::{ConfigError, Credentials, RawConfig, Settings};
+use crate::limit::{VendorQuota, WaitPolicy};
 use crate::metrics::Metrics;
-use crate::route::AppRef;
+use crate::route::{AppRef, Endpoint};
 use crate::server::{self, ConnLimits};
 use crate::token::{TokenError, TokenPolicy, TokenSource};
 use crate::upstream::Upstream;
@@ -37,6 +38,10 @@ pub struct App {
     /// Its app token.
     pub tokens: Arc<TokenSource>,
     policy: TokenPolicy,
+    /// The vendor's quota imgate may use, per endpoint ([`Endpoint::index`]).
+    quota_limits: [u32; Endpoint::ALL.len()],
+    vendor_wait: WaitPolicy,
+    quotas: Vec<VendorQuota>,
 }
 
 impl App {
@@ -54,12 +59,24 @@ impl App {
         }
     }
 
-    /// Whether this app already runs exactly as `settings` describe (so a reload keeps it and
-    /// its token).
-    fn matches(&self, settings: &crate::config::AppSettings, policy: &TokenPolicy) -> bool {
+    /// The vendor's quota for calls to `endpoint`.
+    pub fn quota(&self, endpoint: Endpoint) -> &VendorQuota {
+        &self.quotas[endpoint.index()]
+    }
+
+    /// Whether this app already runs exactly as `settings` describe (so a reload keeps it, its
+    /// token and its quota state).
+    fn matches(
+        &self,
+        settings: &crate::config::AppSettings,
+        policy: &TokenPolicy,
+        wait: &WaitPolicy,
+    ) -> bool {
         self.name == settings.name
             && self.base == settings.upstream
             && &self.policy == policy
+            && self.quota_limits == settings.vendor_quotas
+            && &self.vendor_wait == wait
             && self.tokens.credentials().same_as(&settings.credentials)
     }
 }
@@ -239,7 +256,10 @@ impl Gateway {
             .apps
             .into_iter()
             .map(|app| {
-                if let Some(kept) = running.iter().find(|r| r.matches(&app, &policy)) {
+                if let Some(kept) = running
+                    .iter()
+                    .find(|r| r.matches(&app, &policy, &settings.vendor_wait))
+                {
                     return kept.clone();
                 }
                 let tokens = TokenSource::new(
@@ -256,6 +276,13 @@ impl Gateway {
                     base: app.upstream,
                     tokens,
                     policy: policy.clone(),
+                    quota_limits: app.vendor_quotas,
+                    vendor_wait: settings.vendor_wait,
+                    quotas: app
+                        .vendor_quotas
+                        .iter()
+                        .map(|quota| VendorQuota::new(*quota, settings.vendor_wait))
+                        .collect(),
                 });
                 fresh.push(new.clone());
                 new

@@ -30,6 +30,7 @@ pub mod emulator;
 pub mod error;
 pub mod forward;
 pub mod gateway;
+pub mod limit;
 pub mod metrics;
 pub mod pipeline;
 pub mod route;

@@ -41,6 +41,29 @@ pub struct Metrics {
     cache_lookups: Vec<(Endpoint, [IntCounter; 4])>,
     cache_entries: IntGaugeVec,
     presence_batch_users: Histogram,
+    /// `imgate_ratelimit_rejected_total` for scope client, vendor.
+    rejected: [IntCounter; 2],
+    /// `imgate_ratelimit_wait_seconds` for scope client, vendor.
+    waits: [Histogram; 2],
+    vendor_throttled: IntCounterVec,
+}
+
+/// Which limit refused or delayed a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The client's own quota.
+    Client,
+    /// The vendor's quota.
+    Vendor,
+}
+
+impl Scope {
+    const fn label(self) -> &'static str {
+        match self {
+            Scope::Client => "client",
+            Scope::Vendor => "vendor",
+        }
+    }
 }
 
 impl Metrics {
@@ -125,6 +148,34 @@ impl Metrics {
             )
             .buckets(vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0]),
         )?;
+        let rejected_vec = IntCounterVec::new(
+            Opts::new(
+                "imgate_ratelimit_rejected_total",
+                "Requests refused with 429, by the limit that refused them (client or vendor).",
+            ),
+            &["scope"],
+        )?;
+        let waits_vec = HistogramVec::new(
+            HistogramOpts::new(
+                "imgate_ratelimit_wait_seconds",
+                "Time spent waiting for a permit, by limit (client or vendor).",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["scope"],
+        )?;
+        let vendor_throttled = IntCounterVec::new(
+            Opts::new(
+                "imgate_vendor_throttled_total",
+                "Vendor answers 429 (reach_limit) or 503, after which imgate paused that endpoint.",
+            ),
+            &["app", "endpoint"],
+        )?;
+        let scopes = [Scope::Client, Scope::Vendor];
+        let rejected = scopes.map(|s| rejected_vec.with_label_values(&[s.label()]));
+        let waits = scopes.map(|s| waits_vec.with_label_values(&[s.label()]));
+        registry.register(Box::new(rejected_vec))?;
+        registry.register(Box::new(waits_vec))?;
+        registry.register(Box::new(vendor_throttled.clone()))?;
         registry.register(Box::new(cache_lookups_vec))?;
         registry.register(Box::new(cache_entries.clone()))?;
         registry.register(Box::new(presence_batch_users.clone()))?;
@@ -147,6 +198,9 @@ impl Metrics {
             cache_lookups,
             cache_entries,
             presence_batch_users,
+            rejected,
+            waits,
+            vendor_throttled,
         })
     }
 
@@ -193,6 +247,23 @@ impl Metrics {
     /// The histogram of users per presence batch call.
     pub fn presence_batch_users(&self) -> &Histogram {
         &self.presence_batch_users
+    }
+
+    /// Records a 429 from one of the limits.
+    pub fn rate_limited(&self, scope: Scope) {
+        self.rejected[scope as usize].inc();
+    }
+
+    /// Records a wait for a permit.
+    pub fn rate_wait(&self, scope: Scope, waited: std::time::Duration) {
+        self.waits[scope as usize].observe(waited.as_secs_f64());
+    }
+
+    /// Records a vendor 429 or 503.
+    pub fn vendor_throttled(&self, app: &str, endpoint: &str) {
+        self.vendor_throttled
+            .with_label_values(&[app, endpoint])
+            .inc();
     }
 
     /// The token metrics of one app.

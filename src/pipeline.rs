@@ -3,10 +3,11 @@
 //! 1. classify: method + path → app, endpoint, parameters (unknown app → 404)
 //! 2. authenticate: client key or imgate client token → client (401), may use the app (403);
 //!    `POST {prefix}/token` is answered here with a client token, never forwarded
-//! 3. limit (client): per-client quota (a later version)
+//! 3. limit (client): the client's quota (cache hits count too) → 429 `imgate_rate_limited`
 //! 4. cache: offline counts and statuses, subscription lists and presence per user, from the
 //!    cache or from one coalesced vendor call ([`crate::cache`])
-//! 5. limit (vendor): the vendor's per-app quota (a later version)
+//! 5. limit (vendor): every call that goes to the vendor takes a permit of the app's quota,
+//!    waiting up to `max_wait` ([`crate::forward`]; stale cache entries stand in when it cannot)
 //! 6. upstream: inject the app token, forward over the pooled client; on a vendor 401 renew
 //!    the token once and replay the (buffered) request once ([`crate::forward`])
 //! 7. effects: writes the vendor accepted invalidate or refresh cache entries
@@ -33,6 +34,8 @@ use crate::cache::{json_content_type, Answer, CacheStatus, Fetch, Key, Kind};
 use crate::error::GatewayError;
 use crate::forward::{VendorCall, X_REQUEST_ID};
 use crate::gateway::{App, Gateway, Snapshot};
+use crate::limit::{retry_after_secs, LimitPolicy, Permit};
+use crate::metrics::Scope;
 use crate::route::{self, Endpoint, Route};
 use crate::server::{self, BodyError, HttpResponse};
 use crate::upstream::{forward_headers, UpstreamError, VendorResponse};
@@ -40,6 +43,8 @@ use crate::vendor;
 
 static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 static AGE: HeaderName = HeaderName::from_static("age");
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 /// Longest caller-supplied request id that is echoed; longer ones are replaced.
 const MAX_REQUEST_ID: usize = 128;
 
@@ -51,6 +56,8 @@ struct Trace<'g> {
     cache: Option<CacheStatus>,
     vendor_status: Option<u16>,
     vendor_seconds: f64,
+    /// The client's quota and what is left of it, for the `RateLimit` headers.
+    rate: Option<(LimitPolicy, u32, u64)>,
 }
 
 /// Answers one API request; never fails (errors become vendor-shaped responses).
@@ -66,6 +73,7 @@ pub async fn handle(gateway: &Arc<Gateway>, req: Request<Incoming>) -> HttpRespo
         cache: None,
         vendor_status: None,
         vendor_seconds: 0.0,
+        rate: None,
     };
     let mut response = match process(gateway, &snapshot, req, &request_id, &mut trace).await {
         Ok(response) => response,
@@ -80,6 +88,9 @@ pub async fn handle(gateway: &Arc<Gateway>, req: Request<Incoming>) -> HttpRespo
     response
         .headers_mut()
         .insert(X_REQUEST_ID.clone(), request_id.clone());
+    if let Some((policy, remaining, reset)) = trace.rate {
+        rate_limit_headers(response.headers_mut(), policy, remaining, reset);
+    }
     let seconds = started.elapsed().as_secs_f64();
     gateway.metrics.request(
         trace.client,
@@ -143,6 +154,22 @@ async fn process<'s>(
     }
     if route.endpoint == Endpoint::Other && !snapshot.forward_other {
         return Err(GatewayError::OtherNotForwarded);
+    }
+
+    // 3. limit (client)
+    if let Some(limit) = &client.limit {
+        let policy = limit.policy();
+        match limit.try_acquire() {
+            Permit::Granted { remaining } => trace.rate = Some((policy, remaining, 0)),
+            Permit::Denied { retry_after } => {
+                trace.rate = Some((policy, 0, retry_after_secs(retry_after)));
+                gateway.metrics.rate_limited(Scope::Client);
+                return Err(GatewayError::RateLimited {
+                    per_second: policy.per_second,
+                    retry_after,
+                });
+            }
+        }
     }
     let call = Call {
         gateway,
@@ -376,6 +403,26 @@ fn cached_response(body: Bytes, status: CacheStatus, age: Duration) -> HttpRespo
     headers.insert(X_CACHE.clone(), HeaderValue::from_static(status.header()));
     headers.insert(AGE.clone(), age_value(age));
     response
+}
+
+/// The IETF `RateLimit-Policy` and `RateLimit` headers (draft-ietf-httpapi-ratelimit-headers):
+/// the client's quota per second, what is left of its burst, and seconds until a permit frees.
+fn rate_limit_headers(headers: &mut HeaderMap, policy: LimitPolicy, remaining: u32, reset: u64) {
+    let values = [
+        (
+            &RATELIMIT_POLICY,
+            format!(
+                "\"client\";q={};w=1;burst={}",
+                policy.per_second, policy.burst
+            ),
+        ),
+        (&RATELIMIT, format!("\"client\";r={remaining};t={reset}")),
+    ];
+    for (name, value) in values {
+        if let Ok(value) = HeaderValue::try_from(value) {
+            headers.insert(name.clone(), value);
+        }
+    }
 }
 
 /// `Age` in whole seconds, from a table for the common ages (no formatting on a hit).

@@ -136,8 +136,18 @@ async fn short_lived_tokens_are_renewed_ahead_of_expiry_under_steady_traffic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoking_every_token_mid_flight_costs_one_fetch_and_no_failed_call() {
-    let emu = TestEmulator::demo().await;
-    let gw = TestGateway::demo(&emu).await;
+    // 100 calls and their 100 replays within a second: above the vendor's offline quota of
+    // 100/s, so this test raises it on both sides (quotas have tests of their own).
+    let mut config = EmulatorConfig::demo();
+    for app in &mut config.apps {
+        app.quotas.insert("offline_msg_count".into(), 1000);
+    }
+    let emu = TestEmulator::start(config).await;
+    let mut raw = demo_config(&emu.base());
+    for app in &mut raw.apps {
+        app.vendor_quotas.insert("offline_msg_count".into(), 1000);
+    }
+    let gw = TestGateway::start(raw).await;
     let urls = [gw.agora(), gw.easemob()].map(|base| format!("{base}/users/u/offline_msg_count"));
     for url in &urls {
         assert_eq!(http(Method::GET, url, &[DEMO_AUTH], None).await.status, 200);

@@ -1,0 +1,303 @@
+//! Rate limits (governor): each client's own quota on imgate, and the vendor's per-app,
+//! per-endpoint quota that the whole fleet shares.
+//!
+//! Both sit behind [`RateLimit`], a permit source that a shared backend (Redis, for several
+//! replicas) can implement later without touching the request path.
+//!
+//! The vendor does not document its window, so imgate takes the strictest reading: never more
+//! than the quota in any one-second window. A token bucket of rate `r` and burst `b` lets at most
+//! `r + b - 1` calls through in any second, so a quota `N` becomes `b = max(1, N / 5)` and
+//! `r = N - b`: a burst after an idle period cannot trip the vendor, and one call of slack
+//! absorbs the jitter between imgate's clock and the vendor's.
+
+use std::num::NonZeroU32;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+use tokio::sync::Semaphore;
+
+/// A rate: permits per second, and how many may be taken at once after an idle period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitPolicy {
+    /// Sustained permits per second.
+    pub per_second: u32,
+    /// Permits available at once.
+    pub burst: u32,
+}
+
+impl LimitPolicy {
+    /// The strictest bucket that keeps every one-second window within `quota` calls.
+    pub fn within_each_second(quota: u32) -> LimitPolicy {
+        let burst = (quota / 5).max(1);
+        LimitPolicy {
+            per_second: quota.saturating_sub(burst).max(1),
+            burst,
+        }
+    }
+}
+
+/// One permit request's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permit {
+    /// Taken; this many remain available at once.
+    Granted {
+        /// Permits left in the burst.
+        remaining: u32,
+    },
+    /// Refused; a permit is free again after this long.
+    Denied {
+        /// Time until the next permit.
+        retry_after: Duration,
+    },
+}
+
+/// A source of permits.
+pub trait RateLimit: Send + Sync {
+    /// Takes one permit now, or says when one will be free.
+    fn try_acquire(&self) -> Permit;
+    /// The rate it enforces.
+    fn policy(&self) -> LimitPolicy;
+}
+
+/// A [`RateLimit`] in this process's memory (governor's GCRA).
+pub struct LocalLimit {
+    limiter: RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>,
+    clock: DefaultClock,
+    policy: LimitPolicy,
+}
+
+impl LocalLimit {
+    /// A limit enforcing `policy` (zero rates and bursts count as one).
+    pub fn new(policy: LimitPolicy) -> LocalLimit {
+        let one = NonZeroU32::MIN;
+        let quota = Quota::per_second(NonZeroU32::new(policy.per_second).unwrap_or(one))
+            .allow_burst(NonZeroU32::new(policy.burst).unwrap_or(one));
+        let clock = DefaultClock::default();
+        LocalLimit {
+            limiter: RateLimiter::direct_with_clock(quota, clock.clone()).with_middleware(),
+            clock,
+            policy,
+        }
+    }
+}
+
+impl RateLimit for LocalLimit {
+    fn try_acquire(&self) -> Permit {
+        match self.limiter.check() {
+            Ok(state) => Permit::Granted {
+                remaining: state.remaining_burst_capacity(),
+            },
+            Err(not_until) => Permit::Denied {
+                retry_after: not_until.wait_time_from(self.clock.now()),
+            },
+        }
+    }
+
+    fn policy(&self) -> LimitPolicy {
+        self.policy
+    }
+}
+
+/// How long a refused call waits at most, and how many may wait at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitPolicy {
+    /// Longest wait for a vendor permit.
+    pub max_wait: Duration,
+    /// Most calls waiting for permits of one quota; more are refused at once.
+    pub max_waiters: usize,
+}
+
+/// Shortest and longest pause after the vendor answered 429 or 503 without `Retry-After`.
+const PAUSE_MIN: Duration = Duration::from_millis(100);
+const PAUSE_MAX: Duration = Duration::from_secs(5);
+
+/// The vendor's quota of one (app, endpoint): permits, a bounded wait for them, and a pause
+/// when the vendor says it is over its limit anyway.
+pub struct VendorQuota {
+    limit: Box<dyn RateLimit>,
+    wait: WaitPolicy,
+    waiters: Semaphore,
+    pause: Mutex<Pause>,
+}
+
+#[derive(Default)]
+struct Pause {
+    until: Option<Instant>,
+    /// The next adaptive pause (doubles per throttle, reset by a success).
+    next: Option<Duration>,
+}
+
+/// Why a vendor permit was not had in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaExhausted {
+    /// When the caller may try again.
+    pub retry_after: Duration,
+}
+
+impl VendorQuota {
+    /// A quota of `quota` calls in any one second.
+    pub fn new(quota: u32, wait: WaitPolicy) -> VendorQuota {
+        VendorQuota {
+            limit: Box::new(LocalLimit::new(LimitPolicy::within_each_second(quota))),
+            wait,
+            waiters: Semaphore::new(wait.max_waiters),
+            pause: Mutex::new(Pause::default()),
+        }
+    }
+
+    /// Takes a permit, waiting up to `max_wait` (in a bounded queue); returns how long it waited.
+    pub async fn acquire(&self) -> Result<Duration, QuotaExhausted> {
+        let started = Instant::now();
+        let deadline = started + self.wait.max_wait;
+        let mut queued = None;
+        loop {
+            let now = Instant::now();
+            let wait_for = match self.paused_until() {
+                Some(until) if until > now => until - now,
+                _ => match self.limit.try_acquire() {
+                    Permit::Granted { .. } => return Ok(now - started),
+                    Permit::Denied { retry_after } => retry_after,
+                },
+            };
+            if now + wait_for > deadline {
+                return Err(QuotaExhausted {
+                    retry_after: wait_for,
+                });
+            }
+            if queued.is_none() {
+                // Only so many may wait; the others are told at once.
+                match self.waiters.try_acquire() {
+                    Ok(slot) => queued = Some(slot),
+                    Err(_) => {
+                        return Err(QuotaExhausted {
+                            retry_after: wait_for,
+                        })
+                    }
+                }
+            }
+            tokio::time::sleep(wait_for).await;
+        }
+    }
+
+    /// The vendor answered 429 or 503: no calls for `retry_after`, or for an adaptive pause.
+    pub fn throttled(&self, retry_after: Option<Duration>) {
+        let mut pause = self.lock();
+        let length = retry_after.unwrap_or_else(|| {
+            let next = pause.next.unwrap_or(PAUSE_MIN);
+            pause.next = Some((next * 2).min(PAUSE_MAX));
+            next
+        });
+        let until = Instant::now() + length;
+        pause.until = Some(pause.until.map_or(until, |current| current.max(until)));
+    }
+
+    /// The vendor answered normally: the adaptive pause starts small again.
+    pub fn succeeded(&self) {
+        self.lock().next = None;
+    }
+
+    fn paused_until(&self) -> Option<Instant> {
+        self.lock().until
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pause> {
+        self.pause.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// `Retry-After` in whole seconds, rounded up (at least 1).
+pub fn retry_after_secs(wait: Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quota_becomes_a_bucket_that_no_second_can_exceed() {
+        for quota in [1, 2, 5, 50, 100, 300] {
+            let p = LimitPolicy::within_each_second(quota);
+            assert!(p.per_second + p.burst - 1 < quota.max(2), "{quota}: {p:?}");
+            assert!(p.per_second >= 1 && p.burst >= 1);
+        }
+        assert_eq!(
+            LimitPolicy::within_each_second(100),
+            LimitPolicy {
+                per_second: 81,
+                burst: 20
+            }
+        );
+    }
+
+    #[test]
+    fn a_local_limit_grants_its_burst_then_says_when() {
+        let limit = LocalLimit::new(LimitPolicy {
+            per_second: 10,
+            burst: 3,
+        });
+        for remaining in [2, 1, 0] {
+            assert_eq!(limit.try_acquire(), Permit::Granted { remaining });
+        }
+        match limit.try_acquire() {
+            Permit::Denied { retry_after } => assert!(retry_after <= Duration::from_millis(100)),
+            granted => panic!("{granted:?}"),
+        }
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1000)), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1001)), 2);
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+    }
+
+    fn quota(n: u32, max_wait_ms: u64, max_waiters: usize) -> VendorQuota {
+        VendorQuota::new(
+            n,
+            WaitPolicy {
+                max_wait: Duration::from_millis(max_wait_ms),
+                max_waiters,
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn waits_for_a_permit_within_max_wait_then_refuses() {
+        let q = quota(5, 250, 10);
+        for _ in 0..5 {
+            assert!(q.acquire().await.is_ok(), "the burst and the first refill");
+        }
+        let started = Instant::now();
+        let outcome = q.acquire().await;
+        assert!(started.elapsed() <= Duration::from_millis(260));
+        match outcome {
+            Ok(waited) => assert!(waited <= Duration::from_millis(250)),
+            Err(e) => assert!(e.retry_after > Duration::ZERO),
+        }
+        let strict = quota(1, 10, 10);
+        assert!(strict.acquire().await.is_ok());
+        let refused = strict.acquire().await.unwrap_err();
+        assert!(
+            refused.retry_after > Duration::from_millis(10),
+            "told at once, not after waiting"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_throttled_quota_pauses_and_backs_off() {
+        let q = quota(100, 50, 10);
+        q.throttled(Some(Duration::from_secs(2)));
+        let refused = q.acquire().await.unwrap_err();
+        assert!(refused.retry_after > Duration::from_secs(1));
+        let q = quota(100, 500, 10);
+        q.throttled(None);
+        let waited = q.acquire().await.unwrap();
+        assert!(waited >= Duration::from_millis(90), "{waited:?}");
+    }
+}
