@@ -20,6 +20,9 @@ pub async fn handle(gateway: &Gateway, req: Request<Incoming>) -> HttpResponse {
     let snapshot = gateway.snapshot();
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => json_response(200, Bytes::from_static(br#"{"status":"ok"}"#)),
+        (&Method::GET, "/readyz") if gateway.is_draining() => {
+            json_response(503, Bytes::from_static(br#"{"status":"draining"}"#))
+        }
         (&Method::GET, "/readyz") => readiness(&snapshot),
         (&Method::GET, "/metrics") => {
             gateway

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 
-use crate::config::{RawConfig, Settings};
+use crate::config::{LogFormat, RawConfig, Settings};
 use crate::demo::{self, DemoAddrs};
 use crate::emulator::{Emulator, EmulatorConfig};
 use crate::gateway::{Gateway, Listeners};
@@ -19,6 +19,9 @@ use crate::vendor;
 #[derive(Debug, Parser)]
 #[command(name = "imgate", version, about)]
 pub struct Cli {
+    /// Log format (overrides the config's `[log] format`).
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -118,12 +121,16 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), CliError> {
+    let log_format = cli.log_format;
     match cli.command {
         Command::Serve { config } => {
             let settings = RawConfig::load(&config)
                 .and_then(|raw| raw.validate())
                 .map_err(|e| CliError::Config(e.to_string()))?;
-            init_logging();
+            init_logging(
+                log_format.unwrap_or(settings.log_format),
+                &settings.log_level,
+            );
             runtime()?.block_on(serve(settings, config))
         }
         Command::Demo {
@@ -137,7 +144,10 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 emulator_listen,
             };
             let settings = demo::settings(addrs).map_err(|e| CliError::Config(e.to_string()))?;
-            init_logging();
+            init_logging(
+                log_format.unwrap_or(settings.log_format),
+                &settings.log_level,
+            );
             runtime()?.block_on(run_demo(addrs, settings))
         }
         Command::CheckConfig { config } => {
@@ -160,7 +170,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
                     .map_err(|_| CliError::Config(format!("listen: not an address: {text}")))?,
                 (None, None) => SocketAddr::from(([127, 0, 0, 1], 8081)),
             };
-            init_logging();
+            init_logging(log_format.unwrap_or(LogFormat::Text), "info");
             runtime()?.block_on(async move {
                 let listener = bind(addr).await?;
                 tracing::info!(addr = %addr, apps = config.apps.len(), "imgate emulator listening");
@@ -302,10 +312,16 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, CliError> {
         .map_err(|e| CliError::Runtime(format!("cannot listen on {addr}: {e}")))
 }
 
-fn init_logging() {
+/// Logs to stdout in `format`, at `RUST_LOG`'s level if set, else at `level`.
+fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -55,6 +55,9 @@ pub struct RawConfig {
     /// Client tokens issued by imgate's SDK-compatible token endpoint.
     #[serde(default)]
     pub client_tokens: RawClientTokens,
+    /// Logging.
+    #[serde(default)]
+    pub log: RawLog,
     /// The read cache.
     #[serde(default)]
     pub cache: RawCache,
@@ -85,6 +88,9 @@ pub struct RawServer {
     pub header_read_timeout_ms: u64,
     /// Time in-flight requests get to finish on shutdown, in milliseconds.
     pub drain_timeout_ms: u64,
+    /// On SIGTERM, readiness fails at once but the listeners keep accepting for this long, so
+    /// that load balancers notice first, in milliseconds.
+    pub shutdown_delay_ms: u64,
 }
 
 impl Default for RawServer {
@@ -96,6 +102,7 @@ impl Default for RawServer {
             max_connections: 10_000,
             header_read_timeout_ms: 10_000,
             drain_timeout_ms: 10_000,
+            shutdown_delay_ms: 5_000,
         }
     }
 }
@@ -183,6 +190,35 @@ impl Default for RawClientTokens {
             signing_key: None,
         }
     }
+}
+
+/// `[log]`: the log format and level (`--log-format` and `RUST_LOG` take precedence).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawLog {
+    /// `text` (human-readable) or `json` (one object per line).
+    pub format: LogFormat,
+    /// A `tracing` filter, e.g. `info` or `info,imgate::access=warn`.
+    pub level: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// `[limits]`: waiting for vendor permits, and the default client quota.
@@ -368,6 +404,12 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// Connection guards for both listeners.
     pub conn_limits: ConnLimits,
+    /// How long the listeners keep accepting after a shutdown signal.
+    pub shutdown_delay: Duration,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Log filter (when `RUST_LOG` is not set).
+    pub log_level: String,
     /// Upstream client settings.
     pub upstream: UpstreamSettings,
     /// Admin API key.
@@ -685,7 +727,16 @@ impl RawConfig {
             max_wait: Duration::from_millis(self.limits.max_wait_ms),
             max_waiters: self.limits.max_waiters,
         };
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(bad(
+                "log.level",
+                "not a log filter (e.g. info, or info,imgate::access=warn)",
+            ));
+        }
         Ok(Settings {
+            shutdown_delay: Duration::from_millis(s.shutdown_delay_ms),
+            log_format: self.log.format,
+            log_level: self.log.level.clone(),
             cache,
             vendor_wait,
             token_policy,

@@ -8,6 +8,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -135,6 +136,9 @@ pub enum ReloadError {
 pub struct Gateway {
     /// Connection guards of both listeners (fixed at start).
     pub conn_limits: ConnLimits,
+    /// How long the listeners keep accepting after a shutdown signal (fixed at start).
+    pub shutdown_delay: Duration,
+    draining: AtomicBool,
     /// The pooled vendor client.
     pub upstream: Arc<Upstream>,
     /// The metrics.
@@ -180,6 +184,8 @@ impl Gateway {
         let process_token_key = Arc::new(ClientTokenKey::new(None));
         let gateway = Arc::new(Gateway {
             conn_limits,
+            shutdown_delay: settings.shutdown_delay,
+            draining: AtomicBool::new(false),
             upstream,
             metrics,
             cache: Arc::new(Cache::new(settings.cache.clone())),
@@ -199,6 +205,11 @@ impl Gateway {
         let (snapshot, _) = gateway.build_snapshot(settings, &[]);
         gateway.current.store(Arc::new(snapshot));
         Ok(gateway)
+    }
+
+    /// Whether shutdown has begun (readiness fails from then on).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
     }
 
     /// The configuration in force now.
@@ -338,6 +349,14 @@ pub async fn run(listeners: Listeners, gateway: Arc<Gateway>, shutdown: impl Fut
     );
     let trigger = async move {
         shutdown.await;
+        // Readiness fails at once; the listeners keep serving until load balancers notice.
+        gateway.draining.store(true, Ordering::Release);
+        tracing::info!(
+            delay_ms = gateway.shutdown_delay.as_millis() as u64,
+            drain_timeout_ms = gateway.conn_limits.drain_timeout.as_millis() as u64,
+            "shutting down: not ready; listeners close after the delay, then in-flight requests drain"
+        );
+        tokio::time::sleep(gateway.shutdown_delay).await;
         let _ = stop.send(true);
     };
     tokio::join!(api, admin, trigger);

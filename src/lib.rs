@@ -13,6 +13,7 @@
 //! - [`upstream`]: the pooled vendor client and the forwarding header rules.
 //! - [`error`]: every gateway error and its one mapping to a vendor-shaped response.
 //! - [`metrics`]: the Prometheus metrics, on a registry passed in.
+//! - [`trace`]: W3C trace context carried on to the vendor and into the access log.
 //! - [`token`]: app tokens (Agora AccessToken2 minted locally, Easemob client credentials).
 //! - [`server`]: the accept loop shared by every listener, with connection guards.
 //! - [`emulator`]: a faithful in-memory fake of the vendor API for tests, demos and benchmarks.
@@ -36,6 +37,7 @@ pub mod pipeline;
 pub mod route;
 pub mod server;
 pub mod token;
+pub mod trace;
 pub mod upstream;
 pub mod vendor;
 

@@ -173,6 +173,21 @@ impl Metrics {
         let scopes = [Scope::Client, Scope::Vendor];
         let rejected = scopes.map(|s| rejected_vec.with_label_values(&[s.label()]));
         let waits = scopes.map(|s| waits_vec.with_label_values(&[s.label()]));
+        let build_info = IntGaugeVec::new(
+            Opts::new("imgate_build_info", "Always 1; the version of this imgate."),
+            &["version"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        // Both results exist from the start, so an alert on errors has a series to watch.
+        for result in ["success", "error"] {
+            config_reloads.with_label_values(&[result]);
+        }
+        registry.register(Box::new(build_info))?;
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         registry.register(Box::new(rejected_vec))?;
         registry.register(Box::new(waits_vec))?;
         registry.register(Box::new(vendor_throttled.clone()))?;

@@ -38,6 +38,7 @@ use crate::limit::{retry_after_secs, LimitPolicy, Permit};
 use crate::metrics::Scope;
 use crate::route::{self, Endpoint, Route};
 use crate::server::{self, BodyError, HttpResponse};
+use crate::trace::{TraceContext, TRACEPARENT};
 use crate::upstream::{forward_headers, UpstreamError, VendorResponse};
 use crate::vendor;
 
@@ -64,6 +65,7 @@ struct Trace<'g> {
 pub async fn handle(gateway: &Arc<Gateway>, req: Request<Incoming>) -> HttpResponse {
     let started = Instant::now();
     let request_id = request_id(req.headers());
+    let trace_context = TraceContext::from_headers(req.headers());
     let method = req.method().clone();
     let snapshot = gateway.snapshot();
     let mut trace = Trace {
@@ -75,7 +77,11 @@ pub async fn handle(gateway: &Arc<Gateway>, req: Request<Incoming>) -> HttpRespo
         vendor_seconds: 0.0,
         rate: None,
     };
-    let mut response = match process(gateway, &snapshot, req, &request_id, &mut trace).await {
+    let ids = Ids {
+        request: &request_id,
+        traceparent: trace_context.child(),
+    };
+    let mut response = match process(gateway, &snapshot, req, &ids, &mut trace).await {
         Ok(response) => response,
         Err(err) => {
             if err.fault() != crate::error::Fault::Caller {
@@ -105,6 +111,7 @@ pub async fn handle(gateway: &Arc<Gateway>, req: Request<Incoming>) -> HttpRespo
     tracing::info!(
         target: "imgate::access",
         request_id = request_id.to_str().unwrap_or("-"),
+        trace_id = trace_context.trace_id(),
         client = trace.client,
         app = trace.app,
         endpoint = trace.endpoint,
@@ -118,11 +125,17 @@ pub async fn handle(gateway: &Arc<Gateway>, req: Request<Incoming>) -> HttpRespo
     response
 }
 
+/// What identifies a request toward the vendor: its request id and its `traceparent`.
+struct Ids<'r> {
+    request: &'r HeaderValue,
+    traceparent: HeaderValue,
+}
+
 async fn process<'s>(
     gateway: &Arc<Gateway>,
     snapshot: &'s Snapshot,
     req: Request<Incoming>,
-    request_id: &HeaderValue,
+    ids: &Ids<'_>,
     trace: &mut Trace<'s>,
 ) -> Result<HttpResponse, GatewayError> {
     let (parts, body) = req.into_parts();
@@ -176,7 +189,7 @@ async fn process<'s>(
         app,
         route,
         parts: &parts,
-        request_id,
+        ids,
     };
 
     // 4. cache
@@ -211,7 +224,7 @@ struct Call<'r> {
     app: &'r Arc<App>,
     route: Route<'r>,
     parts: &'r Parts,
-    request_id: &'r HeaderValue,
+    ids: &'r Ids<'r>,
 }
 
 impl Call<'_> {
@@ -221,12 +234,15 @@ impl Call<'_> {
         *request.method_mut() = self.parts.method.clone();
         *request.uri_mut() = self.parts.uri.clone();
         *request.headers_mut() = forward_headers(&self.parts.headers);
+        request
+            .headers_mut()
+            .insert(TRACEPARENT.clone(), self.ids.traceparent.clone());
         let call = VendorCall::new(
             self.gateway,
             self.app,
             self.route.endpoint,
             request,
-            self.request_id,
+            self.ids.request,
         )?;
         Ok(Box::pin(call.send()))
     }
@@ -282,15 +298,17 @@ impl Call<'_> {
     ) -> Result<HttpResponse, GatewayError> {
         let path = self.parts.uri.path();
         let prefix = &path[..path.len() - route::suffix(path).len()];
-        let (gateway, app, request_id) = (
+        let (gateway, app, request_id, traceparent) = (
             self.gateway.clone(),
             self.app.clone(),
-            self.request_id.clone(),
+            self.ids.request.clone(),
+            self.ids.traceparent.clone(),
         );
         let prefix = prefix.to_owned();
         let send: SendBatch = Arc::new(move |caller: &str, users: &[String]| -> Fetch {
             let request = Request::post(format!("{prefix}/users/{caller}/presence"))
                 .header(CONTENT_TYPE, json_content_type())
+                .header(&TRACEPARENT, traceparent.clone())
                 .body(Bytes::from(json!({ "usernames": users }).to_string()))
                 .map_err(|_| UpstreamError::Failed("unusable request path".into()).into());
             let call = request.and_then(|request| {

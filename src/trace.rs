@@ -1,0 +1,125 @@
+//! W3C trace context (`traceparent`): the caller's trace goes on to the vendor with imgate's
+//! call as a new span, or a new trace starts; its id goes into the access log. `tracestate` is
+//! forwarded untouched with the caller's other headers.
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+/// The `traceparent` header.
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// A request's trace: its id and flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceContext {
+    trace_id: [u8; 32],
+    flags: [u8; 2],
+}
+
+impl TraceContext {
+    /// The caller's trace when its `traceparent` is valid (version 00), else a new one.
+    pub fn from_headers(headers: &HeaderMap) -> TraceContext {
+        headers
+            .get(&TRACEPARENT)
+            .and_then(|v| parse(v.as_bytes()))
+            .unwrap_or_else(|| TraceContext {
+                trace_id: random_hex(),
+                flags: *b"00",
+            })
+    }
+
+    /// The trace id, 32 hex digits.
+    pub fn trace_id(&self) -> &str {
+        std::str::from_utf8(&self.trace_id).unwrap_or("-")
+    }
+
+    /// A `traceparent` for a call imgate makes in this trace (a new span id).
+    pub fn child(&self) -> HeaderValue {
+        let span: [u8; 16] = random_hex();
+        let mut value = Vec::with_capacity(55);
+        value.extend_from_slice(b"00-");
+        value.extend_from_slice(&self.trace_id);
+        value.push(b'-');
+        value.extend_from_slice(&span);
+        value.push(b'-');
+        value.extend_from_slice(&self.flags);
+        HeaderValue::from_bytes(&value).unwrap_or(HeaderValue::from_static("-"))
+    }
+}
+
+fn parse(value: &[u8]) -> Option<TraceContext> {
+    // 00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>
+    let (version, rest) = value.split_at_checked(3)?;
+    if version != b"00-" || rest.len() != 52 || rest[32] != b'-' || rest[49] != b'-' {
+        return None;
+    }
+    let (trace, parent, flags) = (&rest[..32], &rest[33..49], &rest[50..]);
+    let hex = |s: &[u8]| {
+        s.iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+    };
+    let zero = |s: &[u8]| s.iter().all(|b| *b == b'0');
+    if !hex(trace) || !hex(parent) || !hex(flags) || zero(trace) || zero(parent) {
+        return None;
+    }
+    Some(TraceContext {
+        trace_id: trace.try_into().ok()?,
+        flags: flags.try_into().ok()?,
+    })
+}
+
+/// `N` random lower-case hex digits (never all zero: the spec forbids it).
+fn random_hex<const N: usize>() -> [u8; N] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    loop {
+        let mut out = [0u8; N];
+        let random: [u8; 32] = rand::random();
+        for (i, digit) in out.iter_mut().enumerate() {
+            let byte = random[i / 2];
+            *digit = HEX[usize::from(if i % 2 == 0 { byte >> 4 } else { byte & 0xf })];
+        }
+        if out.iter().any(|d| *d != b'0') {
+            return out;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(&TRACEPARENT, HeaderValue::from_str(value).unwrap());
+        h
+    }
+
+    #[test]
+    fn a_valid_traceparent_continues_with_a_new_span() {
+        let incoming = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let ctx = TraceContext::from_headers(&headers(incoming));
+        assert_eq!(ctx.trace_id(), "0af7651916cd43dd8448eb211c80319c");
+        let child = ctx.child();
+        let child = child.to_str().unwrap();
+        assert!(
+            child.starts_with("00-0af7651916cd43dd8448eb211c80319c-") && child.ends_with("-01")
+        );
+        assert_ne!(child, incoming, "a new parent id");
+        assert_eq!(parse(child.as_bytes()), Some(ctx));
+    }
+
+    #[test]
+    fn invalid_or_missing_traceparents_start_a_new_trace() {
+        for bad in [
+            "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
+            "garbage",
+        ] {
+            let ctx = TraceContext::from_headers(&headers(bad));
+            assert!(!bad.contains(ctx.trace_id()), "{bad}");
+            assert_eq!(ctx.trace_id().len(), 32);
+        }
+        let fresh = TraceContext::from_headers(&HeaderMap::new()).child();
+        assert!(parse(fresh.as_bytes()).is_some());
+    }
+}
