@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use http::Uri;
-use prometheus::Registry;
+use prometheus::{IntCounter, Registry};
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -43,6 +43,7 @@ pub struct App {
     quota_limits: [u32; Endpoint::ALL.len()],
     vendor_wait: WaitPolicy,
     quotas: Vec<VendorQuota>,
+    throttled: Vec<IntCounter>,
 }
 
 impl App {
@@ -63,6 +64,11 @@ impl App {
     /// The vendor's quota for calls to `endpoint`.
     pub fn quota(&self, endpoint: Endpoint) -> &VendorQuota {
         &self.quotas[endpoint.index()]
+    }
+
+    /// `imgate_vendor_throttled_total` of this app and `endpoint`.
+    pub fn throttled(&self, endpoint: Endpoint) -> &IntCounter {
+        &self.throttled[endpoint.index()]
     }
 
     /// Whether this app already runs exactly as `settings` describe (so a reload keeps it, its
@@ -282,6 +288,10 @@ impl Gateway {
                     self.metrics.token(&app.name),
                 );
                 tokens.start();
+                let throttled = Endpoint::ALL
+                    .iter()
+                    .map(|e| self.metrics.vendor_throttled(&app.name, e.name()))
+                    .collect();
                 let new = Arc::new(App {
                     name: app.name,
                     base: app.upstream,
@@ -294,6 +304,7 @@ impl Gateway {
                         .iter()
                         .map(|quota| VendorQuota::new(*quota, settings.vendor_wait))
                         .collect(),
+                    throttled,
                 });
                 fresh.push(new.clone());
                 new

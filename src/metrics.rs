@@ -274,11 +274,10 @@ impl Metrics {
         self.waits[scope as usize].observe(waited.as_secs_f64());
     }
 
-    /// Records a vendor 429 or 503.
-    pub fn vendor_throttled(&self, app: &str, endpoint: &str) {
-        self.vendor_throttled
-            .with_label_values(&[app, endpoint])
-            .inc();
+    /// The counter of vendor 429s and 503s for one app and endpoint (resolved once per app,
+    /// so the series exist from the start).
+    pub fn vendor_throttled(&self, app: &str, endpoint: &str) -> IntCounter {
+        self.vendor_throttled.with_label_values(&[app, endpoint])
     }
 
     /// The token metrics of one app.

@@ -20,6 +20,8 @@ pub struct Stats {
     requests: [AtomicU64; Endpoint::ALL.len()],
     responses: Mutex<BTreeMap<u16, u64>>,
     batch_sizes: Mutex<Vec<usize>>,
+    /// The `traceparent` of the last request that carried one (to check trace propagation).
+    last_traceparent: Mutex<Option<String>>,
 }
 
 impl Stats {
@@ -41,6 +43,11 @@ impl Stats {
         }
     }
 
+    /// Remembers the `traceparent` of a request.
+    pub fn traceparent(&self, value: &str) {
+        *lock(&self.last_traceparent) = Some(value.to_owned());
+    }
+
     /// Zeroes every counter.
     pub fn reset(&self) {
         for counter in &self.requests {
@@ -48,6 +55,7 @@ impl Stats {
         }
         lock(&self.responses).clear();
         lock(&self.batch_sizes).clear();
+        *lock(&self.last_traceparent) = None;
     }
 
     /// The JSON document of `GET /__emulator/stats`.
@@ -64,8 +72,13 @@ impl Stats {
             .map(|(status, n)| (status.to_string(), (*n).into()))
             .collect();
         let sizes = lock(&self.batch_sizes).clone();
-        let body =
-            json!({"requests": requests, "responses": responses, "presence_batch_sizes": sizes});
+        let traceparent = lock(&self.last_traceparent).clone();
+        let body = json!({
+            "requests": requests,
+            "responses": responses,
+            "presence_batch_sizes": sizes,
+            "last_traceparent": traceparent,
+        });
         Bytes::from(body.to_string())
     }
 }

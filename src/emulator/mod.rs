@@ -145,6 +145,13 @@ impl Emulator {
             return Ok(json_response(err.status, err.body()));
         };
         self.stats.request(route.endpoint);
+        if let Some(traceparent) = parts
+            .headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+        {
+            self.stats.traceparent(traceparent);
+        }
         let faults = *lock(&self.faults);
         if faults.latency_ms > 0 {
             tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;

@@ -1,0 +1,396 @@
+//! Operations: the metrics catalogue on a live scrape (and `promtool check metrics`), trace
+//! context toward the vendor, JSON access logs, and a draining shutdown of `imgate serve`.
+
+mod common;
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{
+    agora_prefix, demo_config, free_port, http, Http, KillOnDrop, TestEmulator, TestGateway,
+    DEMO_AUTH,
+};
+use http::Method;
+use imgate::emulator::EmulatorConfig;
+use serde_json::{json, Value};
+
+/// One call to every endpoint under `base`.
+async fn every_endpoint(base: &str) {
+    let headers = [DEMO_AUTH, ("content-type", "application/json")];
+    let send = |method: Method, path: &str, body: Option<&'static str>| {
+        let url = format!("{base}{path}");
+        async move { http(method, &url, &headers, body).await }
+    };
+    let sent = send(
+        Method::POST,
+        "/messages/users",
+        Some(r#"{"from":"a","to":["m"],"type":"txt","body":{}}"#),
+    )
+    .await;
+    let id = sent.json()["data"]["m"].as_str().unwrap().to_owned();
+    send(Method::GET, "/users/m/offline_msg_count", None).await;
+    send(
+        Method::GET,
+        &format!("/users/m/offline_msg_status/{id}"),
+        None,
+    )
+    .await;
+    send(
+        Method::POST,
+        "/users/m/presence/web/1",
+        Some(r#"{"ext":""}"#),
+    )
+    .await;
+    send(
+        Method::POST,
+        "/users/a/presence/60",
+        Some(r#"{"usernames":["m"]}"#),
+    )
+    .await;
+    send(
+        Method::POST,
+        "/users/a/presence",
+        Some(r#"{"usernames":["m","n"]}"#),
+    )
+    .await;
+    send(
+        Method::GET,
+        "/users/a/presence/sublist?pageNum=1&pageSize=5",
+        None,
+    )
+    .await;
+    send(Method::DELETE, "/users/a/presence", Some(r#"["m"]"#)).await;
+    send(Method::GET, "/chatgroups", None).await;
+    let body =
+        r#"{"grant_type":"client_credentials","client_id":"demo","client_secret":"demo-key"}"#;
+    send(Method::POST, "/token", Some(body)).await;
+}
+
+/// promtool, from PATH or where `deploy/check.sh` puts it.
+fn promtool() -> Option<PathBuf> {
+    let cached = std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".cache/imgate-deploy/bin/promtool"));
+    std::env::var_os("PATH")
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("promtool"))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default()
+        .into_iter()
+        .chain(cached)
+        .find(|p| p.is_file())
+}
+
+#[tokio::test]
+async fn the_metrics_catalogue_is_exported_with_bounded_labels_and_passes_promtool() {
+    let emu = TestEmulator::demo().await;
+    let gw = TestGateway::demo(&emu).await;
+    for base in [gw.agora(), gw.easemob()] {
+        every_endpoint(&base).await;
+    }
+    http(
+        Method::GET,
+        &format!("{}/users/x/offline_msg_count", gw.agora()),
+        &[],
+        None,
+    )
+    .await;
+    let text = gw.metrics().await;
+    for family in [
+        "imgate_http_requests_total",
+        "imgate_http_request_duration_seconds",
+        "imgate_cache_lookups_total",
+        "imgate_cache_entries",
+        "imgate_upstream_requests_total",
+        "imgate_upstream_request_duration_seconds",
+        "imgate_ratelimit_rejected_total",
+        "imgate_ratelimit_wait_seconds",
+        "imgate_token_refreshes_total",
+        "imgate_token_expiry_timestamp_seconds",
+        "imgate_presence_batch_users",
+        "imgate_vendor_throttled_total",
+        "imgate_build_info",
+        "imgate_config_reload_total",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {family} ")),
+            "{family} missing"
+        );
+    }
+    // The names the alerts and the dashboard may use (deploy/metrics.txt) are all exported.
+    let listed =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/metrics.txt"))
+            .unwrap();
+    for name in listed
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let exported = text
+            .lines()
+            .any(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']));
+        assert!(
+            exported,
+            "deploy/metrics.txt names {name}, which /metrics does not export"
+        );
+    }
+    // Every endpoint appears, and label values come from bounded sets only.
+    let endpoints: Vec<&str> = imgate::route::Endpoint::ALL
+        .iter()
+        .map(|e| e.name())
+        .collect();
+    for endpoint in &endpoints {
+        assert!(
+            text.contains(&format!(r#"endpoint="{endpoint}""#)),
+            "{endpoint}"
+        );
+    }
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("imgate_http_requests_total{"))
+    {
+        for (label, allowed) in [
+            ("client", vec!["demo", "demo-limited", "-"]),
+            ("app", vec!["agora-demo", "easemob-demo", "-"]),
+        ] {
+            let value = line
+                .split(&format!("{label}=\""))
+                .nth(1)
+                .and_then(|v| v.split('"').next())
+                .unwrap();
+            assert!(allowed.contains(&value), "{line}");
+        }
+    }
+    for secret in [
+        "demo-key",
+        "0f1e2d3c4b5a69788796a5b4c3d2e1f0",
+        "demo-client-secret",
+        "007eJ",
+        "YWMt",
+        "imgt1.",
+    ] {
+        assert!(!text.contains(secret), "{secret} in metrics");
+    }
+    match promtool() {
+        Some(promtool) => {
+            let mut child = Command::new(promtool)
+                .args(["check", "metrics"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            std::io::Write::write_all(&mut child.stdin.take().unwrap(), text.as_bytes()).unwrap();
+            let out = child.wait_with_output().unwrap();
+            let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics:\n{said}");
+        }
+        None if std::env::var("CI").as_deref() == Ok("true") => panic!("promtool is missing in CI"),
+        None => eprintln!("skipped: promtool check metrics (promtool not installed; bash deploy/check.sh installs it)"),
+    }
+}
+
+#[tokio::test]
+async fn the_callers_trace_goes_on_to_the_vendor_as_a_new_span() {
+    let emu = TestEmulator::demo().await;
+    let gw = TestGateway::demo(&emu).await;
+    let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let url = format!("{}/users/t/offline_msg_count", gw.agora());
+    let resp = http(
+        Method::GET,
+        &url,
+        &[DEMO_AUTH, ("traceparent", incoming)],
+        None,
+    )
+    .await;
+    assert_eq!(resp.status, 200);
+    let seen = emu.stats().await["last_traceparent"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        seen.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{seen}"
+    );
+    assert!(seen.ends_with("-01"));
+    assert_ne!(seen, incoming, "imgate's call is a span of its own");
+    // Without one, a new trace starts.
+    http(
+        Method::GET,
+        &format!("{}/users/t2/offline_msg_count", gw.agora()),
+        &[DEMO_AUTH],
+        None,
+    )
+    .await;
+    let fresh = emu.stats().await["last_traceparent"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        fresh.starts_with("00-") && !fresh.contains("4bf92f3577b34da6a3ce929d0e0e4736"),
+        "{fresh}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_then_refuses_and_exits_0() {
+    const DELAY_MS: u64 = 400;
+    const DRAIN_MS: u64 = 5_000;
+    let mut config = EmulatorConfig::demo();
+    config.apps[0]
+        .quotas
+        .insert("offline_msg_count".into(), 1000);
+    let emu = TestEmulator::start(config).await;
+    http(
+        Method::PUT,
+        &format!("{}/__emulator/faults", emu.base()),
+        &[],
+        Some(r#"{"latency_ms":500}"#),
+    )
+    .await;
+    let (api, admin) = (free_port(), free_port());
+    let mut raw = demo_config(&emu.base());
+    raw.server.listen = format!("127.0.0.1:{api}");
+    raw.server.admin_listen = format!("127.0.0.1:{admin}");
+    raw.server.shutdown_delay_ms = DELAY_MS;
+    raw.server.drain_timeout_ms = DRAIN_MS;
+    raw.apps[0]
+        .vendor_quotas
+        .insert("offline_msg_count".into(), 1000);
+    let dir = std::env::temp_dir().join(format!("imgate-ops-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config_path = dir.join("imgate.toml");
+    std::fs::write(&config_path, toml::to_string(&raw).unwrap()).unwrap();
+    let log_path = dir.join("imgate.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_imgate"))
+        .args([
+            "--log-format",
+            "json",
+            "serve",
+            "--config",
+            config_path.to_str().unwrap(),
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut process = KillOnDrop(child);
+    let client = Http::new();
+    let readyz = format!("http://127.0.0.1:{admin}/readyz");
+    let mut ready = false;
+    for _ in 0..100 {
+        if client
+            .try_send(Method::GET, &readyz, &[], None)
+            .await
+            .is_ok_and(|r| r.status == 200)
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready, "imgate serve became ready");
+
+    let base = agora_prefix(&format!("http://127.0.0.1:{api}"));
+    let in_flight: Vec<_> = (0..50)
+        .map(|i| {
+            let url = format!("{base}/users/d{i}/offline_msg_count");
+            tokio::spawn(async move {
+                Http::new()
+                    .send(Method::GET, &url, &[DEMO_AUTH], None)
+                    .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let signalled = Instant::now();
+    let pid = process.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let draining = client.send(Method::GET, &readyz, &[], None).await;
+    assert_eq!(draining.status, 503, "readiness fails at once");
+    assert_eq!(draining.json(), json!({"status": "draining"}));
+
+    for request in in_flight {
+        let resp = request.await.unwrap();
+        assert_eq!(resp.status, 200, "{}", resp.text());
+    }
+    tokio::time::sleep(Duration::from_millis(DELAY_MS + 200).saturating_sub(signalled.elapsed()))
+        .await;
+    let refused = Http::new()
+        .try_send(
+            Method::GET,
+            &format!("{base}/users/late/offline_msg_count"),
+            &[DEMO_AUTH],
+            None,
+        )
+        .await;
+    assert!(
+        refused.is_err(),
+        "new connections are refused after the delay"
+    );
+    let status = loop {
+        if let Some(status) = process.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_millis(DELAY_MS + DRAIN_MS),
+            "exited within the drain"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(0));
+
+    let mut logs = String::new();
+    std::fs::File::open(&log_path)
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let access: Vec<Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["target"] == "imgate::access")
+        .collect();
+    assert!(
+        access.len() >= 50,
+        "one JSON access line per request:\n{logs}"
+    );
+    let line = access.iter().find(|v| v["status"] == 200).unwrap();
+    for field in [
+        "request_id",
+        "trace_id",
+        "client",
+        "app",
+        "endpoint",
+        "method",
+        "status",
+        "cache",
+        "vendor_status",
+        "vendor_ms",
+        "total_ms",
+    ] {
+        assert!(line.get(field).is_some(), "{field} missing in {line}");
+    }
+    assert_eq!(line["client"], "demo");
+    assert!(logs.contains("imgate serving"), "the start-up line");
+    for secret in [
+        "demo-key",
+        "0f1e2d3c4b5a69788796a5b4c3d2e1f0",
+        "demo-client-secret",
+        "007eJ",
+        "YWMt",
+    ] {
+        assert!(!logs.contains(secret), "{secret} logged");
+    }
+}
