@@ -359,11 +359,11 @@ if config is not None:
          "server.listen port differs from the container port http")
     need(server.get("admin_listen", ":").rsplit(":", 1)[1] == str(ports.get("admin")),
          "server.admin_listen port differs from the container port admin")
-    drain = server.get("drain_timeout_ms", 10000) / 1000
+    drain = (server.get("drain_timeout_ms", 10000) + server.get("shutdown_delay_ms", 5000)) / 1000
     sleep = (c.get("lifecycle", {}).get("preStop", {}).get("sleep") or {}).get("seconds", 0)
     grace = pod.get("terminationGracePeriodSeconds", 30)
     need(grace >= sleep + drain + 1,
-         f"terminationGracePeriodSeconds {grace} < preStop {sleep} s + drain {drain} s + 1")
+         f"terminationGracePeriodSeconds {grace} < preStop {sleep} s + shutdown delay and drain {drain} s + 1")
     print(f"drain: preStop sleep {sleep} s + drain_timeout {drain:g} s; terminationGracePeriodSeconds {grace} s")
 
 need(c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}, "readiness is not /readyz on admin")
