@@ -326,5 +326,22 @@ impl TestGateway {
     }
 }
 
+/// What must never appear in a response, a metric or a log line of the demo configuration: its
+/// vendor credentials, client and admin keys, and the prefixes every vendor token starts with
+/// (AccessToken2: "007" + zlib's header in base64; Easemob: "YWMt"), plus `extra`.
+pub fn assert_no_secrets(text: &str, extra: &[&str]) {
+    let fixed = [
+        demo::AGORA_APP_CERTIFICATE,
+        demo::EASEMOB_CLIENT_SECRET,
+        "demo-key",
+        "demo-admin-key",
+        "007eJ",
+        "YWMt",
+    ];
+    for secret in fixed.iter().chain(extra) {
+        assert!(!text.contains(secret), "{secret} leaked");
+    }
+}
+
 /// The demo client's credentials header.
 pub const DEMO_AUTH: (&str, &str) = ("authorization", "Bearer demo-key");
