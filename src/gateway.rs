@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use http::Uri;
@@ -69,6 +69,11 @@ impl App {
     /// `imgate_vendor_throttled_total` of this app and `endpoint`.
     pub fn throttled(&self, endpoint: Endpoint) -> &IntCounter {
         &self.throttled[endpoint.index()]
+    }
+
+    /// The vendor's quota for `endpoint` that imgate may use, calls per second.
+    pub fn quota_limit(&self, endpoint: Endpoint) -> u32 {
+        self.quota_limits[endpoint.index()]
     }
 
     /// Whether this app already runs exactly as `settings` describe (so a reload keeps it, its
@@ -151,6 +156,8 @@ pub struct Gateway {
     pub metrics: Metrics,
     /// The read cache (its policies are fixed at start).
     pub cache: Arc<Cache>,
+    /// When the gateway was built (the status page's uptime).
+    pub started: Instant,
     config_path: Option<PathBuf>,
     /// Used when the configuration names no signing key, so tokens survive reloads.
     process_token_key: Arc<ClientTokenKey>,
@@ -195,6 +202,7 @@ impl Gateway {
             upstream,
             metrics,
             cache: Arc::new(Cache::new(settings.cache.clone())),
+            started: Instant::now(),
             config_path,
             process_token_key,
             current: ArcSwap::from_pointee(Snapshot {

@@ -198,6 +198,15 @@ impl TokenSource {
             .is_some_and(|t| t.is_valid(Instant::now()))
     }
 
+    /// Time left until the current token expires: `None` when no token is held, zero when it
+    /// has expired. A token the vendor issued without expiry reports about 100 years.
+    pub fn expires_in(&self) -> Option<Duration> {
+        self.current
+            .load()
+            .as_ref()
+            .map(|t| t.expires_at.saturating_duration_since(Instant::now()))
+    }
+
     /// The token to use now. Waits only when no valid token is held.
     pub async fn token(&self) -> Result<Arc<AppToken>, TokenError> {
         if let Some(token) = self.current.load_full() {
