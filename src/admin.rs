@@ -1,5 +1,6 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics`, and the admin API under `/admin/`
-//! (which requires the admin key as `Authorization: Bearer …`).
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, the status page (`/` and
+//! `/status.json`, see [`crate::status`]), and the admin API under `/admin/` (which requires the
+//! admin key as `Authorization: Bearer …`).
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, StatusCode};
@@ -13,12 +14,15 @@ use crate::cache::Kind;
 use crate::gateway::{Gateway, Snapshot};
 use crate::route::Endpoint;
 use crate::server::{json_response, HttpResponse};
+use crate::status;
 use crate::vendor::error_body;
 
 /// Answers one admin request.
 pub async fn handle(gateway: &Gateway, req: Request<Incoming>) -> HttpResponse {
     let snapshot = gateway.snapshot();
     match (req.method(), req.uri().path()) {
+        (&Method::GET, "/") => status::page(),
+        (&Method::GET, "/status.json") => status::snapshot_json(gateway).await,
         (&Method::GET, "/healthz") => json_response(200, Bytes::from_static(br#"{"status":"ok"}"#)),
         (&Method::GET, "/readyz") if gateway.is_draining() => {
             json_response(503, Bytes::from_static(br#"{"status":"draining"}"#))

@@ -16,6 +16,7 @@
 //! - [`trace`]: W3C trace context carried on to the vendor and into the access log.
 //! - [`token`]: app tokens (Agora AccessToken2 minted locally, Easemob client credentials).
 //! - [`server`]: the accept loop shared by every listener, with connection guards.
+//! - [`status`]: the status page on the admin listener (`/` and `/status.json`).
 //! - [`emulator`]: a faithful in-memory fake of the vendor API for tests, demos and benchmarks.
 //! - [`demo`]: the demo identities and the one-process demo.
 
@@ -36,6 +37,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod route;
 pub mod server;
+pub mod status;
 pub mod token;
 pub mod trace;
 pub mod upstream;
