@@ -7,7 +7,7 @@
 //! the page divides their differences by the difference of `uptime_secs`.
 //!
 //! ```text
-//! {"version","uptime_secs",
+//! {"version","uptime_secs","draining",
 //!  "totals":{"requests","errors","client_errors","vendor_calls","vendor_throttled",
 //!            "cache":{"hit","miss","stale","coalesced"},"rejected":{"client","vendor"}},
 //!  "apps":[{"name","vendor","ready","token_expires_in_secs","token_never_expires",
@@ -26,6 +26,7 @@
 //! - `cache`: `imgate_cache_lookups_total` is labelled by endpoint only, so cache results are
 //!   reported per endpoint across apps in the top-level `cache`; an endpoint row's own `cache`
 //!   is `null` unless the metric carries an `app` label.
+//! - `draining`: shutdown has begun (`/readyz` answers 503; the listeners close soon).
 //! - `token_expires_in_secs`: `null` while the app holds no token, 0 once it expired;
 //!   `token_never_expires` for Easemob tokens issued without expiry.
 //!
@@ -306,6 +307,7 @@ pub async fn snapshot(gateway: &Gateway) -> Value {
     json!({
         "version": VERSION,
         "uptime_secs": (uptime * 1000.0).round() / 1000.0,
+        "draining": gateway.is_draining(),
         "totals": {
             "requests": t.requests,
             "errors": t.errors,

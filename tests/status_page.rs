@@ -82,6 +82,7 @@ async fn status_json_counts_requests_errors_cache_and_vendor_calls() {
     let gw = gateway(&emu).await;
     let before = status(&gw).await;
     assert_eq!(before["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(before["draining"], false);
     assert_eq!(before["totals"]["requests"], 0, "{before}");
 
     // 1 miss and 2 hits; a wrong key (a caller's mistake: a client error, not an error).
