@@ -208,7 +208,7 @@ async fn run_demo(addrs: DemoAddrs, settings: Settings) -> Result<(), CliError> 
         let _ = rx.wait_for(|s| *s).await;
     };
     let banner = format!(
-        "imgate demo: gateway http://{}  admin http://{}  vendor emulator http://{}\n\
+        "imgate demo: gateway http://{}  status page http://{}/  vendor emulator http://{}\n\
          Paste these into another terminal (Ctrl-C here stops the demo):\n{}",
         addrs.listen,
         addrs.admin_listen,
