@@ -79,7 +79,7 @@ pub async fn handle(gateway: &Arc<Gateway>, req: Request<Incoming>) -> HttpRespo
     };
     let ids = Ids {
         request: &request_id,
-        traceparent: trace_context.child(),
+        trace: trace_context,
     };
     let mut response = match process(gateway, &snapshot, req, &ids, &mut trace).await {
         Ok(response) => response,
@@ -125,10 +125,11 @@ pub async fn handle(gateway: &Arc<Gateway>, req: Request<Incoming>) -> HttpRespo
     response
 }
 
-/// What identifies a request toward the vendor: its request id and its `traceparent`.
+/// What identifies a request toward the vendor: its request id and its trace (a `traceparent`
+/// is made only for calls that really go to the vendor, not for cache hits).
 struct Ids<'r> {
     request: &'r HeaderValue,
-    traceparent: HeaderValue,
+    trace: TraceContext,
 }
 
 async fn process<'s>(
@@ -236,7 +237,7 @@ impl Call<'_> {
         *request.headers_mut() = forward_headers(&self.parts.headers);
         request
             .headers_mut()
-            .insert(TRACEPARENT.clone(), self.ids.traceparent.clone());
+            .insert(TRACEPARENT.clone(), self.ids.trace.child());
         let call = VendorCall::new(
             self.gateway,
             self.app,
@@ -298,17 +299,17 @@ impl Call<'_> {
     ) -> Result<HttpResponse, GatewayError> {
         let path = self.parts.uri.path();
         let prefix = &path[..path.len() - route::suffix(path).len()];
-        let (gateway, app, request_id, traceparent) = (
+        let (gateway, app, request_id, trace_context) = (
             self.gateway.clone(),
             self.app.clone(),
             self.ids.request.clone(),
-            self.ids.traceparent.clone(),
+            self.ids.trace,
         );
         let prefix = prefix.to_owned();
         let send: SendBatch = Arc::new(move |caller: &str, users: &[String]| -> Fetch {
             let request = Request::post(format!("{prefix}/users/{caller}/presence"))
                 .header(CONTENT_TYPE, json_content_type())
-                .header(&TRACEPARENT, traceparent.clone())
+                .header(&TRACEPARENT, trace_context.child())
                 .body(Bytes::from(json!({ "usernames": users }).to_string()))
                 .map_err(|_| UpstreamError::Failed("unusable request path".into()).into());
             let call = request.and_then(|request| {
