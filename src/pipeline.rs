@@ -84,7 +84,8 @@ pub async fn handle(gateway: &Arc<Gateway>, req: Request<Incoming>) -> HttpRespo
     let mut response = match process(gateway, &snapshot, req, &ids, &mut trace).await {
         Ok(response) => response,
         Err(err) => {
-            if err.fault() != crate::error::Fault::Caller {
+            // Quota refusals are counted in metrics; under overload a line each would flood.
+            if err.fault() != crate::error::Fault::Caller && err.retry_after().is_none() {
                 tracing::warn!(error = %err, app = trace.app, endpoint = trace.endpoint, "request failed");
             }
             err.to_response()
