@@ -53,6 +53,8 @@ const MAX_REQUEST_ID: usize = 128;
 struct Trace<'g> {
     client: &'g str,
     app: &'g str,
+    /// The app and endpoint, once classified.
+    route: Option<(&'g App, Endpoint)>,
     endpoint: &'static str,
     cache: Option<CacheStatus>,
     vendor_status: Option<u16>,
@@ -71,6 +73,7 @@ pub async fn handle(gateway: &Arc<Gateway>, req: Request<Incoming>) -> HttpRespo
     let mut trace = Trace {
         client: "-",
         app: "-",
+        route: None,
         endpoint: "-",
         cache: None,
         vendor_status: None,
@@ -108,6 +111,9 @@ pub async fn handle(gateway: &Arc<Gateway>, req: Request<Incoming>) -> HttpRespo
     );
     if let Some(cache) = trace.cache {
         gateway.metrics.cache_lookup(trace.endpoint, cache);
+        if let Some((app, endpoint)) = trace.route {
+            app.record_cache(endpoint, cache);
+        }
     }
     tracing::info!(
         target: "imgate::access",
@@ -147,6 +153,7 @@ async fn process<'s>(
     let (app_index, app) = snapshot.app(route.app).ok_or(GatewayError::UnknownApp)?;
     trace.app = &app.name;
     trace.endpoint = route.endpoint.name();
+    trace.route = Some((app, route.endpoint));
     let body = server::read_body(body, snapshot.max_body_bytes)
         .await
         .map_err(|err| match err {

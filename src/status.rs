@@ -23,9 +23,9 @@
 //! - `vendor_throttled`: vendor answers 429 or 503 (`imgate_vendor_throttled_total`);
 //!   `rejected.vendor`: requests imgate refused itself to keep within the vendor's quota
 //!   (`imgate_ratelimit_rejected_total{scope="vendor"}`, not labelled by app).
-//! - `cache`: `imgate_cache_lookups_total` is labelled by endpoint only, so cache results are
-//!   reported per endpoint across apps in the top-level `cache`; an endpoint row's own `cache`
-//!   is `null` unless the metric carries an `app` label.
+//! - `cache`: `imgate_cache_lookups_total` is labelled by endpoint only (as DESIGN.md fixes it),
+//!   so the top-level `cache` sums every app; an endpoint row's own `cache` comes from the
+//!   counts each app keeps itself, and is `null` while the endpoint saw no cached read.
 //! - `draining`: shutdown has begun (`/readyz` answers 503; the listeners close soon).
 //! - `token_expires_in_secs`: `null` while the app holds no token, 0 once it expired;
 //!   `token_never_expires` for Easemob tokens issued without expiry.
@@ -240,7 +240,12 @@ fn app_json(app: &App, gathered: &Gathered) -> Value {
         .iter()
         .map(|endpoint| {
             let key = (app.name.clone(), endpoint.name().to_owned());
-            let c = gathered.rows.get(&key).copied().unwrap_or_default();
+            let mut c = gathered.rows.get(&key).copied().unwrap_or_default();
+            if !c.cached && Kind::cached_by(*endpoint).is_some() {
+                // The app keeps its own cache results (the metric has no app label).
+                c.cache = app.cache_results(*endpoint);
+                c.cached = c.cache.iter().any(|n| *n > 0);
+            }
             json!({
                 "endpoint": endpoint.name(),
                 "requests": c.requests,

@@ -124,6 +124,13 @@ async fn status_json_counts_requests_errors_cache_and_vendor_calls() {
     assert_eq!(count["vendor_calls"], 1, "{count}");
     assert_eq!(count["vendor_quota_per_sec"], 100);
     assert_eq!(count["vendor_throttled"], 0);
+    // The app's own cache results: one miss, then two hits (the refused read made no lookup).
+    assert_eq!(
+        count["cache"],
+        json!({"hit": 2, "miss": 1, "stale": 0, "coalesced": 0}),
+        "{count}"
+    );
+    assert_eq!(row(&s, "agora-demo", "presence_set")["cache"], Value::Null);
     let set_row = row(&s, "easemob-demo", "presence_set");
     assert_eq!(set_row["requests"], 1, "{set_row}");
     assert_eq!(set_row["errors"], 1, "{set_row}");
