@@ -130,9 +130,14 @@ pub struct VendorQuota {
 #[derive(Default)]
 struct Pause {
     until: Option<Instant>,
-    /// The next adaptive pause (doubles per throttle, reset by a success).
+    /// The next adaptive pause (doubles per throttle; starts small again after a quiet spell).
     next: Option<Duration>,
+    last_throttle: Option<Instant>,
 }
+
+/// How long without a vendor 429 or 503 before the adaptive pause starts small again: a
+/// success between two throttles does not mean the vendor's real quota was found.
+const QUIET: Duration = Duration::from_secs(10);
 
 /// Why a vendor permit was not had in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,13 +200,19 @@ impl VendorQuota {
             pause.next = Some((next * 2).min(PAUSE_MAX));
             next
         });
-        let until = Instant::now() + length;
+        let now = Instant::now();
+        pause.last_throttle = Some(now);
+        let until = now + length;
         pause.until = Some(pause.until.map_or(until, |current| current.max(until)));
     }
 
-    /// The vendor answered normally: the adaptive pause starts small again.
+    /// The vendor answered normally: after a quiet spell the adaptive pause starts small again.
     pub fn succeeded(&self) {
-        self.lock().next = None;
+        let mut pause = self.lock();
+        if pause.last_throttle.is_some_and(|t| t.elapsed() >= QUIET) {
+            pause.next = None;
+            pause.last_throttle = None;
+        }
     }
 
     fn paused_until(&self) -> Option<Instant> {
