@@ -6,7 +6,6 @@
 //! fails an in-flight request, and new app tokens are obtained before the swap.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -187,16 +186,6 @@ pub struct Listeners {
     pub api: TcpListener,
     /// The admin listener (`/healthz`, `/readyz`, `/metrics`, `/admin/…`).
     pub admin: TcpListener,
-}
-
-impl Listeners {
-    /// Binds both addresses.
-    pub async fn bind(api: SocketAddr, admin: SocketAddr) -> std::io::Result<Listeners> {
-        Ok(Listeners {
-            api: TcpListener::bind(api).await?,
-            admin: TcpListener::bind(admin).await?,
-        })
-    }
 }
 
 impl Gateway {

@@ -37,8 +37,9 @@ pub struct Metrics {
     token_refreshes: IntCounterVec,
     token_expiry: GaugeVec,
     config_reloads: IntCounterVec,
-    /// `imgate_cache_lookups_total` handles, resolved once: [endpoint][result].
-    cache_lookups: Vec<(Endpoint, [IntCounter; 4])>,
+    /// `imgate_cache_lookups_total` handles, resolved once: by [`Endpoint::index`] (cached
+    /// endpoints only), then by [`CacheStatus`].
+    cache_lookups: [Option<[IntCounter; 4]>; Endpoint::ALL.len()],
     cache_entries: IntGaugeVec,
     presence_batch_users: Histogram,
     /// `imgate_ratelimit_rejected_total` for scope client, vendor.
@@ -127,16 +128,12 @@ impl Metrics {
             ),
             &["endpoint", "result"],
         )?;
-        let cache_lookups = CACHED_ENDPOINTS
-            .iter()
-            .map(|e| {
-                (
-                    *e,
-                    CacheStatus::ALL
-                        .map(|r| cache_lookups_vec.with_label_values(&[e.name(), r.label()])),
-                )
+        let cache_lookups = Endpoint::ALL.map(|e| {
+            CACHED_ENDPOINTS.contains(&e).then(|| {
+                CacheStatus::ALL
+                    .map(|r| cache_lookups_vec.with_label_values(&[e.name(), r.label()]))
             })
-            .collect();
+        });
         let cache_entries = IntGaugeVec::new(
             Opts::new("imgate_cache_entries", "Entries held, by cache."),
             &["cache"],
@@ -239,13 +236,9 @@ impl Metrics {
             .observe(seconds);
     }
 
-    /// Records one cached read of `endpoint` (a name from [`Endpoint::name`]).
-    pub fn cache_lookup(&self, endpoint: &str, result: CacheStatus) {
-        if let Some((_, counters)) = self
-            .cache_lookups
-            .iter()
-            .find(|(e, _)| e.name() == endpoint)
-        {
+    /// Records one cached read of `endpoint`.
+    pub fn cache_lookup(&self, endpoint: Endpoint, result: CacheStatus) {
+        if let Some(counters) = &self.cache_lookups[endpoint.index()] {
             counters[result as usize].inc();
         }
     }

@@ -109,11 +109,9 @@ pub async fn handle(gateway: &Arc<Gateway>, req: Request<Incoming>) -> HttpRespo
         status.as_str(),
         seconds,
     );
-    if let Some(cache) = trace.cache {
-        gateway.metrics.cache_lookup(trace.endpoint, cache);
-        if let Some((app, endpoint)) = trace.route {
-            app.record_cache(endpoint, cache);
-        }
+    if let (Some(cache), Some((app, endpoint))) = (trace.cache, trace.route) {
+        gateway.metrics.cache_lookup(endpoint, cache);
+        app.record_cache(endpoint, cache);
     }
     tracing::info!(
         target: "imgate::access",
