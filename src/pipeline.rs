@@ -52,15 +52,25 @@ const MAX_REQUEST_ID: usize = 128;
 /// What one request did, for its metrics and access-log line.
 struct Trace<'g> {
     client: &'g str,
-    app: &'g str,
     /// The app and endpoint, once classified.
     route: Option<(&'g App, Endpoint)>,
-    endpoint: &'static str,
     cache: Option<CacheStatus>,
     vendor_status: Option<u16>,
     vendor_seconds: f64,
     /// The client's quota and what is left of it, for the `RateLimit` headers.
     rate: Option<(LimitPolicy, u32, u64)>,
+}
+
+impl Trace<'_> {
+    /// The app's name, or `-` before classification.
+    fn app(&self) -> &str {
+        self.route.map_or("-", |(app, _)| app.name.as_str())
+    }
+
+    /// The endpoint's name, or `-` before classification.
+    fn endpoint(&self) -> &'static str {
+        self.route.map_or("-", |(_, endpoint)| endpoint.name())
+    }
 }
 
 /// Answers one API request; never fails (errors become vendor-shaped responses).
@@ -72,9 +82,7 @@ pub async fn handle(gateway: &Arc<Gateway>, req: Request<Incoming>) -> HttpRespo
     let snapshot = gateway.snapshot();
     let mut trace = Trace {
         client: "-",
-        app: "-",
         route: None,
-        endpoint: "-",
         cache: None,
         vendor_status: None,
         vendor_seconds: 0.0,
@@ -89,7 +97,7 @@ pub async fn handle(gateway: &Arc<Gateway>, req: Request<Incoming>) -> HttpRespo
         Err(err) => {
             // Quota refusals are counted in metrics; under overload a line each would flood.
             if err.fault() != crate::error::Fault::Caller && err.retry_after().is_none() {
-                tracing::warn!(error = %err, app = trace.app, endpoint = trace.endpoint, "request failed");
+                tracing::warn!(error = %err, app = trace.app(), endpoint = trace.endpoint(), "request failed");
             }
             err.to_response()
         }
@@ -104,8 +112,8 @@ pub async fn handle(gateway: &Arc<Gateway>, req: Request<Incoming>) -> HttpRespo
     let seconds = started.elapsed().as_secs_f64();
     gateway.metrics.request(
         trace.client,
-        trace.app,
-        trace.endpoint,
+        trace.app(),
+        trace.endpoint(),
         status.as_str(),
         seconds,
     );
@@ -118,8 +126,8 @@ pub async fn handle(gateway: &Arc<Gateway>, req: Request<Incoming>) -> HttpRespo
         request_id = request_id.to_str().unwrap_or("-"),
         trace_id = trace_context.trace_id(),
         client = trace.client,
-        app = trace.app,
-        endpoint = trace.endpoint,
+        app = trace.app(),
+        endpoint = trace.endpoint(),
         method = %method,
         status = status.as_u16(),
         cache = trace.cache.map(CacheStatus::label),
@@ -149,8 +157,6 @@ async fn process<'s>(
     // 1. classify
     let route = route::classify(&parts.method, parts.uri.path()).ok_or(GatewayError::NoRoute)?;
     let (app_index, app) = snapshot.app(route.app).ok_or(GatewayError::UnknownApp)?;
-    trace.app = &app.name;
-    trace.endpoint = route.endpoint.name();
     trace.route = Some((app, route.endpoint));
     let body = server::read_body(body, snapshot.max_body_bytes)
         .await
