@@ -83,7 +83,7 @@ impl VendorCall {
             let started = std::time::Instant::now();
             let result = self.gateway.upstream.send(request).await;
             self.record(&result, started.elapsed().as_secs_f64());
-            let response = result?;
+            let response = result.inspect_err(|_| quota.no_answer())?;
             if matches!(
                 response.status,
                 StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE

@@ -132,8 +132,16 @@ struct Pause {
     until: Option<Instant>,
     /// The next adaptive pause (doubles per throttle; starts small again after a quiet spell).
     next: Option<Duration>,
+    /// Set while recovering from a throttle (until a quiet spell has passed).
     last_throttle: Option<Instant>,
+    /// While recovering, one call at a time probes the vendor: until then, others hold off.
+    probe_until: Option<Instant>,
 }
+
+/// Longest a recovering quota waits for its probing call to report back.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often calls held off by a probe look again.
+const PROBE_POLL: Duration = Duration::from_millis(10);
 
 /// How long without a vendor 429 or 503 before the adaptive pause starts small again: a
 /// success between two throttles does not mean the vendor's real quota was found.
@@ -164,11 +172,20 @@ impl VendorQuota {
         let mut queued = None;
         loop {
             let now = Instant::now();
-            let wait_for = match self.paused_until() {
-                Some(until) if until > now => until - now,
-                _ => match self.limit.try_acquire() {
+            if now > deadline {
+                // A late timer (a busy machine) must not turn into a longer wait than promised.
+                return Err(QuotaExhausted {
+                    retry_after: PROBE_POLL,
+                });
+            }
+            let wait_for = match self.hold(now) {
+                Some(wait) => wait,
+                None => match self.limit.try_acquire() {
                     Permit::Granted { .. } => return Ok(now - started),
-                    Permit::Denied { retry_after } => retry_after,
+                    Permit::Denied { retry_after } => {
+                        self.lock().probe_until = None;
+                        retry_after
+                    }
                 },
             };
             // Timers fire up to a millisecond or two late: only wait when that still ends in time.
@@ -202,6 +219,7 @@ impl VendorQuota {
         });
         let now = Instant::now();
         pause.last_throttle = Some(now);
+        pause.probe_until = None;
         let until = now + length;
         pause.until = Some(pause.until.map_or(until, |current| current.max(until)));
     }
@@ -209,14 +227,36 @@ impl VendorQuota {
     /// The vendor answered normally: after a quiet spell the adaptive pause starts small again.
     pub fn succeeded(&self) {
         let mut pause = self.lock();
+        pause.probe_until = None;
         if pause.last_throttle.is_some_and(|t| t.elapsed() >= QUIET) {
             pause.next = None;
             pause.last_throttle = None;
         }
     }
 
-    fn paused_until(&self) -> Option<Instant> {
-        self.lock().until
+    /// A call got no answer (timeout, connection failure): it tells nothing about the vendor's
+    /// quota, so the next call may probe.
+    pub fn no_answer(&self) {
+        self.lock().probe_until = None;
+    }
+
+    /// How long a call must hold off because the vendor throttled recently: through the pause,
+    /// and after it, while another call probes whether the vendor accepts calls again (so that
+    /// the calls queued behind a pause do not all hit the vendor at once). `None`: go ahead
+    /// (and, while recovering, this call is the probe).
+    fn hold(&self, now: Instant) -> Option<Duration> {
+        let mut pause = self.lock();
+        if let Some(until) = pause.until.filter(|until| *until > now) {
+            return Some(until - now);
+        }
+        pause.last_throttle?;
+        match pause.probe_until {
+            Some(probe) if probe > now => Some((probe - now).min(PROBE_POLL)),
+            _ => {
+                pause.probe_until = Some(now + PROBE_TIMEOUT);
+                None
+            }
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Pause> {
@@ -315,5 +355,17 @@ mod tests {
         q.throttled(None);
         let waited = q.acquire().await.unwrap();
         assert!(waited >= Duration::from_millis(90), "{waited:?}");
+        // Recovering: the next call waits for the probe (the call above) to report back.
+        let started = Instant::now();
+        let (held, ()) = tokio::join!(q.acquire(), async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            q.succeeded();
+        });
+        assert!(held.is_ok());
+        assert!(
+            started.elapsed() >= Duration::from_millis(45),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }
