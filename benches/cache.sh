@@ -47,6 +47,8 @@ KEYS=1000
 EMU=127.0.0.1:28181
 GW=127.0.0.1:28180
 ADMIN=127.0.0.1:29190
+GW_LOG=127.0.0.1:28185
+ADMIN_LOG=127.0.0.1:29191
 NGINX=127.0.0.1:28182
 HAPROXY=127.0.0.1:28183
 CEILING=127.0.0.1:28184
@@ -64,12 +66,14 @@ if ((${#missing[@]})); then
   echo "installing ${missing[*]}…" >&2
   apt-get update -qq >/dev/null && apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-for addr in "$EMU" "$GW" "$ADMIN" "$NGINX" "$HAPROXY" "$CEILING"; do
+for addr in "$EMU" "$GW" "$ADMIN" "$GW_LOG" "$ADMIN_LOG" "$NGINX" "$HAPROXY" "$CEILING"; do
   if (exec 3<>"/dev/tcp/${addr%:*}/${addr#*:}") 2>/dev/null; then
     echo "cache.sh: $addr is already in use" >&2
     exit 1
   fi
 done
+echo
+echo "access log of the imgate+log runs: $(wc -l < "$work/access.log") lines, $(du -h "$work/access.log" | cut -f1)"
 
 cargo build --release --locked -q
 BIN=target/release/imgate
@@ -82,6 +86,8 @@ work=$(mktemp -d)
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+echo
+echo "access log of the imgate+log runs: $(wc -l < "$work/access.log") lines, $(du -h "$work/access.log" | cut -f1)"
   wait 2>/dev/null || true
   rm -rf "$work"
 }
@@ -95,6 +101,8 @@ wait_ok() {
     [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$@" "$url" 2>/dev/null)" = 200 ] && return 0
     sleep 0.1
   done
+echo
+echo "access log of the imgate+log runs: $(wc -l < "$work/access.log") lines, $(du -h "$work/access.log" | cut -f1)"
   echo "cache.sh: $url did not answer 200 within 10 s" >&2
   exit 1
 }
@@ -114,6 +122,12 @@ ttl_ms = 60000
 EOF
 RUST_LOG=warn "$BIN" serve --config "$work/gateway.toml" & pids+=($!)
 wait_ok "http://$ADMIN/healthz"
+
+# --- imgate as operators run it: the same configuration with a JSON access log line per request,
+# written to a file (the `imgate+log` row).
+sed -e "s|$GW|$GW_LOG|" -e "s|$ADMIN|$ADMIN_LOG|" "$work/gateway.toml" > "$work/gateway-log.toml"
+RUST_LOG=info "$BIN" --log-format json serve --config "$work/gateway-log.toml" > "$work/access.log" & pids+=($!)
+wait_ok "http://$ADMIN_LOG/healthz"
 
 # --- nginx: proxy_cache in front of the emulator, unprivileged-style: its own prefix, no daemon.
 ngx="$work/nginx"
@@ -263,6 +277,8 @@ other_ticks() {
     set -- ${line##*) }
     [ "$3" = "$PGID" ] || echo "${f//[^0-9]/} $((${12} + ${13} + ${14} + ${15}))"
   done
+echo
+echo "access log of the imgate+log runs: $(wc -l < "$work/access.log") lines, $(du -h "$work/access.log" | cut -f1)"
 }
 other_cpu() {
   awk -v ticks="$TICKS" -v secs="$DURATION" -v cores="$CORES" '
@@ -307,24 +323,31 @@ summary() {
     "$(ratio "${RPS[$s.imgate]}" "${RPS[$s.ceiling]}")"
   printf 'p99    imgate/nginx %sx   imgate/haproxy %sx (target <= 1.0)\n' \
     "$(ratio "${P99[$s.imgate]}" "${P99[$s.nginx]}")" "$(ratio "${P99[$s.imgate]}" "${P99[$s.haproxy]}")"
+  printf 'logs   imgate+log/imgate %sx (target >= 0.90)\n' "$(ratio "${RPS[$s.imgate+log]}" "${RPS[$s.imgate]}")"
   # A hit run sends the vendor at most a handful of calls (expiry, a coalescing race); far more
   # than the number of keys means the server forwarded the reads.
-  for name in imgate nginx haproxy; do
+  for name in imgate imgate+log nginx haproxy; do
     calls=${CALLS[$s.$name]}
     if ((calls > KEYS)); then
-      if [ "$name" = imgate ]; then
+      if [ "${name%+log}" = imgate ]; then
         note+=("imgate made $calls vendor calls: its row is the MISS path (no response cache yet, or [cache.offline_count] is off)")
       else
         note+=("WARNING: $name made $calls vendor calls: it did not serve from its cache")
       fi
     fi
   done
-  for name in imgate nginx haproxy ceiling; do
+echo
+echo "access log of the imgate+log runs: $(wc -l < "$work/access.log") lines, $(du -h "$work/access.log" | cut -f1)"
+  for name in imgate imgate+log nginx haproxy ceiling; do
     if ((${OTHER[$s.$name]%\%} > 10)); then
       note+=("WARNING: other processes used ${OTHER[$s.$name]} of the CPU during the $name run: its row is skewed")
     fi
   done
+echo
+echo "access log of the imgate+log runs: $(wc -l < "$work/access.log") lines, $(du -h "$work/access.log" | cut -f1)"
   for n in "${note[@]}"; do echo "$n"; done
+echo
+echo "access log of the imgate+log runs: $(wc -l < "$work/access.log") lines, $(du -h "$work/access.log" | cut -f1)"
 }
 
 echo
@@ -334,8 +357,11 @@ for scenario in hot keys; do
   if [ "$scenario" = hot ]; then echo "(a) one hot key"; else echo "(b) $KEYS warm keys, one picked at random per request"; fi
   printf '%-10s %12s %10s %10s %8s %8s %13s %10s\n' server "req/s" p50 p99 non-2xx errors "vendor calls" "other CPU"
   run "$scenario" imgate "$GW"
+  run "$scenario" imgate+log "$GW_LOG"
   run "$scenario" nginx "$NGINX"
   run "$scenario" haproxy "$HAPROXY"
   run "$scenario" ceiling "$CEILING"
   summary "$scenario"
 done
+echo
+echo "access log of the imgate+log runs: $(wc -l < "$work/access.log") lines, $(du -h "$work/access.log" | cut -f1)"

@@ -12,6 +12,7 @@ use crate::config::{LogFormat, RawConfig, Settings};
 use crate::demo::{self, DemoAddrs};
 use crate::emulator::{Emulator, EmulatorConfig};
 use crate::gateway::{Gateway, Listeners};
+use crate::logging::{self, Logging};
 use crate::token::agora::TokenSpec;
 use crate::vendor;
 
@@ -127,11 +128,11 @@ fn run(cli: Cli) -> Result<(), CliError> {
             let settings = RawConfig::load(&config)
                 .and_then(|raw| raw.validate())
                 .map_err(|e| CliError::Config(e.to_string()))?;
-            init_logging(
+            let logging = logging::init(
                 log_format.unwrap_or(settings.log_format),
                 &settings.log_level,
             );
-            runtime()?.block_on(serve(settings, config))
+            runtime()?.block_on(serve(settings, config, logging.as_ref()))
         }
         Command::Demo {
             listen,
@@ -144,11 +145,11 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 emulator_listen,
             };
             let settings = demo::settings(addrs).map_err(|e| CliError::Config(e.to_string()))?;
-            init_logging(
+            let logging = logging::init(
                 log_format.unwrap_or(settings.log_format),
                 &settings.log_level,
             );
-            runtime()?.block_on(run_demo(addrs, settings))
+            runtime()?.block_on(run_demo(addrs, settings, logging.as_ref()))
         }
         Command::CheckConfig { config } => {
             let raw = RawConfig::load(&config).map_err(|e| CliError::Config(e.to_string()))?;
@@ -170,7 +171,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
                     .map_err(|_| CliError::Config(format!("listen: not an address: {text}")))?,
                 (None, None) => SocketAddr::from(([127, 0, 0, 1], 8081)),
             };
-            init_logging(log_format.unwrap_or(LogFormat::Text), "info");
+            let _logging = logging::init(log_format.unwrap_or(LogFormat::Text), "info");
             runtime()?.block_on(async move {
                 let listener = bind(addr).await?;
                 tracing::info!(addr = %addr, apps = config.apps.len(), "imgate emulator listening");
@@ -181,7 +182,11 @@ fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
-async fn serve(settings: Settings, config: PathBuf) -> Result<(), CliError> {
+async fn serve(
+    settings: Settings,
+    config: PathBuf,
+    logging: Option<&Logging>,
+) -> Result<(), CliError> {
     let listeners = bind_gateway(&settings).await?;
     let apps: Vec<String> = settings.apps.iter().map(|a| a.name.clone()).collect();
     tracing::info!(
@@ -191,16 +196,20 @@ async fn serve(settings: Settings, config: PathBuf) -> Result<(), CliError> {
         clients = settings.clients.len(),
         "imgate serving"
     );
-    let gateway = new_gateway(settings, Some(config))?;
+    let gateway = new_gateway(settings, Some(config), logging)?;
     reload_on_sighup(gateway.clone());
     crate::run(listeners, gateway, shutdown_signal()).await;
     Ok(())
 }
 
-async fn run_demo(addrs: DemoAddrs, settings: Settings) -> Result<(), CliError> {
+async fn run_demo(
+    addrs: DemoAddrs,
+    settings: Settings,
+    logging: Option<&Logging>,
+) -> Result<(), CliError> {
     let emulator_listener = bind(addrs.emulator_listen).await?;
     let listeners = bind_gateway(&settings).await?;
-    let gateway = new_gateway(settings, None)?;
+    let gateway = new_gateway(settings, None, logging)?;
     let emulator = Emulator::new(EmulatorConfig::demo());
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let stopped_too = stopped.clone();
@@ -260,9 +269,17 @@ fn reload_on_sighup(gateway: std::sync::Arc<Gateway>) {
 fn new_gateway(
     settings: Settings,
     config: Option<PathBuf>,
+    logging: Option<&Logging>,
 ) -> Result<std::sync::Arc<Gateway>, CliError> {
-    Gateway::new(settings, prometheus::Registry::new(), config)
-        .map_err(|e| CliError::Runtime(format!("cannot register metrics: {e}")))
+    let metrics_error =
+        |e: prometheus::Error| CliError::Runtime(format!("cannot register metrics: {e}"));
+    let registry = prometheus::Registry::new();
+    if let Some(logging) = logging {
+        registry
+            .register(Box::new(logging.dropped_lines()))
+            .map_err(metrics_error)?;
+    }
+    Gateway::new(settings, registry, config).map_err(metrics_error)
 }
 
 fn agora_token(args: AgoraTokenArgs) -> Result<(), CliError> {
@@ -310,18 +327,6 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, CliError> {
     TcpListener::bind(addr)
         .await
         .map_err(|e| CliError::Runtime(format!("cannot listen on {addr}: {e}")))
-}
-
-/// Logs to stdout in `format`, at `RUST_LOG`'s level if set, else at `level`.
-fn init_logging(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -13,6 +13,7 @@
 //! - [`upstream`]: the pooled vendor client and the forwarding header rules.
 //! - [`error`]: every gateway error and its one mapping to a vendor-shaped response.
 //! - [`metrics`]: the Prometheus metrics, on a registry passed in.
+//! - [`logging`]: the non-blocking log writer (access log included) and its dropped-lines count.
 //! - [`trace`]: W3C trace context carried on to the vendor and into the access log.
 //! - [`token`]: app tokens (Agora AccessToken2 minted locally, Easemob client credentials).
 //! - [`server`]: the accept loop shared by every listener, with connection guards.
@@ -33,6 +34,7 @@ pub mod error;
 pub mod forward;
 pub mod gateway;
 pub mod limit;
+pub mod logging;
 pub mod metrics;
 pub mod pipeline;
 pub mod route;

@@ -132,8 +132,8 @@ pub async fn handle(gateway: &Arc<Gateway>, req: Request<Incoming>) -> HttpRespo
         status = status.as_u16(),
         cache = trace.cache.map(CacheStatus::label),
         vendor_status = trace.vendor_status,
-        vendor_ms = trace.vendor_seconds * 1e3,
-        total_ms = seconds * 1e3,
+        vendor_ms = crate::logging::millis(trace.vendor_seconds),
+        total_ms = crate::logging::millis(seconds),
     );
     response
 }

@@ -374,6 +374,82 @@ async fn sigterm_drains_in_flight_requests_then_refuses_and_exits_0() {
         assert!(line.get(field).is_some(), "{field} missing in {line}");
     }
     assert_eq!(line["client"], "demo");
+    for field in ["vendor_ms", "total_ms"] {
+        let ms = line[field].to_string();
+        let decimals = ms.split_once('.').map_or(0, |(_, d)| d.len());
+        assert!(decimals <= 3, "{field} rounded to the microsecond: {ms}");
+    }
     assert!(logs.contains("imgate serving"), "the start-up line");
     assert_no_secrets(&logs, &[]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_logs_to_a_file_carry_no_colour_codes_and_drops_are_a_metric() {
+    let emu = TestEmulator::demo().await;
+    let (api, admin) = (free_port(), free_port());
+    let mut raw = demo_config(&emu.base());
+    raw.server.listen = format!("127.0.0.1:{api}");
+    raw.server.admin_listen = format!("127.0.0.1:{admin}");
+    let dir = std::env::temp_dir().join(format!("imgate-ops-text-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config_path = dir.join("imgate.toml");
+    std::fs::write(&config_path, toml::to_string(&raw).unwrap()).unwrap();
+    let log_path = dir.join("imgate.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_imgate"))
+        .args(["--log-format", "text", "serve", "--config"])
+        .arg(&config_path)
+        .env("RUST_LOG", "info")
+        .stdout(log)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut process = KillOnDrop(child);
+    let client = Http::new();
+    let metrics_url = format!("http://127.0.0.1:{admin}/metrics");
+    let mut scrape = None;
+    for _ in 0..100 {
+        if let Ok(resp) = client.try_send(Method::GET, &metrics_url, &[], None).await {
+            scrape = Some(resp.text());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let scrape = scrape.expect("imgate serve answered /metrics");
+    assert!(
+        scrape.contains("imgate_log_lines_dropped_total 0"),
+        "the dropped-lines counter is exported: {scrape}"
+    );
+    let base = agora_prefix(&format!("http://127.0.0.1:{api}"));
+    let resp = client
+        .send(
+            Method::GET,
+            &format!("{base}/users/t1/offline_msg_count"),
+            &[DEMO_AUTH],
+            None,
+        )
+        .await;
+    assert_eq!(resp.status, 200);
+    let pid = process.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while process.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "exited after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let logs = std::fs::read_to_string(&log_path).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(logs.contains("imgate serving"), "{logs}");
+    assert!(
+        logs.contains("imgate::access"),
+        "the access line was flushed at exit: {logs}"
+    );
+    assert!(
+        !logs.contains('\x1b'),
+        "no ANSI escapes in a file: {logs:?}"
+    );
 }
