@@ -1,14 +1,14 @@
-//! The command line (DESIGN.md): parses arguments, sets up logging and the runtime, and maps
+//! The command line (see the README's Commands): parses arguments, sets up logging and the runtime, and maps
 //! every outcome to an exit code: 0 ok, 2 bad configuration or arguments, 1 otherwise.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 
-use crate::config::{LogFormat, RawConfig, Settings};
+use crate::config::{ConfigErrors, LogFormat, RawConfig, Settings};
 use crate::demo::{self, DemoAddrs};
 use crate::emulator::{Emulator, EmulatorConfig};
 use crate::gateway::{Gateway, Listeners};
@@ -125,13 +125,14 @@ fn run(cli: Cli) -> Result<(), CliError> {
     let log_format = cli.log_format;
     match cli.command {
         Command::Serve { config } => {
-            let settings = RawConfig::load(&config)
-                .and_then(|raw| raw.validate())
-                .map_err(|e| CliError::Config(e.to_string()))?;
+            let settings = load_settings(&config)?;
             let logging = logging::init(
                 log_format.unwrap_or(settings.log_format),
                 &settings.log_level,
             );
+            for warning in &settings.warnings {
+                tracing::warn!(%warning, "configuration");
+            }
             runtime()?.block_on(serve(settings, config, logging.as_ref()))
         }
         Command::Demo {
@@ -153,8 +154,12 @@ fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::CheckConfig { config } => {
             let raw = RawConfig::load(&config).map_err(|e| CliError::Config(e.to_string()))?;
-            raw.validate()
-                .map_err(|e| CliError::Config(e.to_string()))?;
+            let settings = raw
+                .validate()
+                .map_err(|errors| config_errors(&config, &errors))?;
+            for warning in &settings.warnings {
+                eprintln!("warning: {warning}");
+            }
             print!("{}", raw.to_masked_toml());
             Ok(())
         }
@@ -180,6 +185,29 @@ fn run(cli: Cli) -> Result<(), CliError> {
             })
         }
     }
+}
+
+/// Reads and validates a configuration file.
+fn load_settings(path: &Path) -> Result<Settings, CliError> {
+    RawConfig::load(path)
+        .map_err(|e| CliError::Config(e.to_string()))?
+        .validate()
+        .map_err(|errors| config_errors(path, &errors))
+}
+
+/// Every error of a configuration, one `error:` line each under a line naming the file.
+fn config_errors(path: &Path, errors: &ConfigErrors) -> CliError {
+    let count = errors.0.len();
+    let mut text = format!(
+        "{}: {count} error{}",
+        path.display(),
+        if count == 1 { "" } else { "s" }
+    );
+    for error in &errors.0 {
+        text.push_str("\nerror: ");
+        text.push_str(&error.to_string());
+    }
+    CliError::Config(text)
 }
 
 async fn serve(

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use crate::config::{ConfigError, RawConfig, Settings};
+use crate::config::{ConfigErrors, RawConfig, Settings};
 
 /// Demo Agora App ID.
 pub const AGORA_APP_ID: &str = "a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6";
@@ -35,7 +35,7 @@ pub struct DemoAddrs {
 }
 
 /// The demo configuration pointed at the given addresses.
-pub fn settings(addrs: DemoAddrs) -> Result<Settings, ConfigError> {
+pub fn settings(addrs: DemoAddrs) -> Result<Settings, ConfigErrors> {
     let mut raw = RawConfig::parse(CONFIG)?;
     raw.server.listen = addrs.listen.to_string();
     raw.server.admin_listen = addrs.admin_listen.to_string();

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 use crate::auth::{ClientTokenKey, Clients};
 use crate::cache::{Cache, CacheStatus};
-use crate::config::{ConfigError, Credentials, RawConfig, Settings};
+use crate::config::{ConfigErrors, Credentials, RawConfig, Settings};
 use crate::limit::{VendorQuota, WaitPolicy};
 use crate::metrics::Metrics;
 use crate::route::{AppRef, Endpoint};
@@ -146,7 +146,7 @@ pub enum ReloadError {
     NoFile,
     /// The new file is invalid.
     #[error(transparent)]
-    Config(#[from] ConfigError),
+    Config(#[from] ConfigErrors),
     /// A new or changed app could not obtain a token with its new credentials.
     #[error("app {app}: no token with the new credentials: {source}")]
     Token {
@@ -247,7 +247,12 @@ impl Gateway {
 
     async fn try_reload(&self) -> Result<(), ReloadError> {
         let path = self.config_path.as_ref().ok_or(ReloadError::NoFile)?;
-        let settings = RawConfig::load(path)?.validate()?;
+        let settings = RawConfig::load(path)
+            .map_err(ConfigErrors::from)?
+            .validate()?;
+        for warning in &settings.warnings {
+            tracing::warn!(%warning, "configuration");
+        }
         let old = self.snapshot();
         let (snapshot, fresh) = self.build_snapshot(settings, &old.apps);
         // New tokens before the switch: a request never meets an app without one.

@@ -13,7 +13,8 @@
 //! - [`upstream`]: the pooled vendor client and the forwarding header rules.
 //! - [`error`]: every gateway error and its one mapping to a vendor-shaped response.
 //! - [`metrics`]: the Prometheus metrics, on a registry passed in.
-//! - [`logging`]: the non-blocking log writer (access log included) and its dropped-lines count.
+//! - [`logging`]: the non-blocking log writer (access log included), its dropped-lines count,
+//!   and JSON lines whose list fields are arrays.
 //! - [`trace`]: W3C trace context carried on to the vendor and into the access log.
 //! - [`token`]: app tokens (Agora AccessToken2 minted locally, Easemob client credentials).
 //! - [`server`]: the accept loop shared by every listener, with connection guards.

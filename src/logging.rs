@@ -6,15 +6,29 @@
 //! ([`DroppedLines`]), so an operator sees that the log sink is too slow instead of a gateway that
 //! slows down with it. Colours are used only when stdout is a terminal: a file or a collector
 //! gets plain text.
+//!
+//! `tracing` records a list as text, so events of [`LISTS_TARGET`] carry lists as JSON array
+//! text (`["a","b"]`), and the JSON output turns such fields back into arrays: a log pipeline
+//! gets `"apps_changed":["a","b"]`, not a string. Other events, the access log among them, are
+//! written as they are.
 
+use std::fmt;
 use std::io::IsTerminal;
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{IntCounter, Opts};
+use serde_json::Value;
+use tracing::{Event, Subscriber};
 use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
+use tracing_subscriber::fmt::format::{Format, Json, JsonFields, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
 
 use crate::config::LogFormat;
+
+/// The target of events whose JSON-array text fields are written as arrays in JSON logs.
+pub const LISTS_TARGET: &str = "imgate::config";
 
 /// Lines the writer's queue holds before new ones are dropped.
 const QUEUE_LINES: usize = 64 * 1024;
@@ -52,12 +66,63 @@ pub fn init(format: LogFormat, level: &str) -> Option<Logging> {
         .with_writer(writer);
     let installed = match format {
         LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Json => builder
+            .fmt_fields(JsonFields::new())
+            .event_format(JsonLines(
+                tracing_subscriber::fmt::format().json().flatten_event(true),
+            ))
+            .try_init(),
     };
     installed.ok().map(|()| Logging {
         _flush_on_drop: guard,
         dropped,
     })
+}
+
+/// The JSON formatter, with the lists of [`LISTS_TARGET`] events as arrays.
+struct JsonLines(Format<Json>);
+
+impl<S, N> FormatEvent<S, N> for JsonLines
+where
+    S: Subscriber + for<'lookup> LookupSpan<'lookup>,
+    N: for<'writer> FormatFields<'writer> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        if event.metadata().target() != LISTS_TARGET {
+            return self.0.format_event(ctx, writer, event);
+        }
+        let mut line = String::new();
+        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        match serde_json::from_str::<Value>(&line) {
+            Ok(mut object) => {
+                lists_as_arrays(&mut object);
+                writeln!(writer, "{object}")
+            }
+            Err(_) => writer.write_str(&line),
+        }
+    }
+}
+
+/// Replaces every string field holding a JSON array with the array.
+fn lists_as_arrays(object: &mut Value) {
+    let Some(fields) = object.as_object_mut() else {
+        return;
+    };
+    for value in fields.values_mut() {
+        let array = value
+            .as_str()
+            .filter(|text| text.starts_with('['))
+            .and_then(|text| serde_json::from_str::<Value>(text).ok())
+            .filter(Value::is_array);
+        if let Some(array) = array {
+            *value = array;
+        }
+    }
 }
 
 /// `imgate_log_lines_dropped_total`, read from the writer's own count at each scrape.
@@ -144,5 +209,25 @@ mod tests {
         assert_eq!(dropped as usize, writer.error_counter().dropped_lines());
         drop(release);
         drop(guard);
+    }
+
+    #[test]
+    fn json_array_text_becomes_an_array_and_other_text_stays() {
+        let mut line = serde_json::json!({
+            "message": "configuration reloaded",
+            "apps_changed": "[\"a\",\"b\"]",
+            "clients_removed": "[]",
+            "note": "[not json",
+        });
+        lists_as_arrays(&mut line);
+        assert_eq!(
+            line,
+            serde_json::json!({
+                "message": "configuration reloaded",
+                "apps_changed": ["a", "b"],
+                "clients_removed": [],
+                "note": "[not json",
+            })
+        );
     }
 }

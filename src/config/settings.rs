@@ -49,6 +49,8 @@ pub struct Settings {
     pub apps: Vec<AppSettings>,
     /// The clients.
     pub clients: Vec<ClientSettings>,
+    /// What works but is risky in production (`check-config` prints them, `serve` logs them).
+    pub warnings: Vec<super::ConfigError>,
 }
 
 /// Typed `[upstream]`.

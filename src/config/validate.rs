@@ -1,16 +1,19 @@
-//! The checks that turn a [`RawConfig`] into [`Settings`].
+//! The checks that turn a [`RawConfig`] into [`Settings`]. Every check runs, and every error is
+//! collected, so one run of `check-config` lists all that is wrong; warnings name what works
+//! but is risky in production.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::Uri;
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
 use super::{
-    bad, resolve_secret, AppSettings, ClientSettings, ConfigError, Credentials, RawApp, RawCache,
-    RawCachePolicy, RawClient, RawConfig, RawRate, Settings, UpstreamSettings,
+    bad, resolve_secret, AppSettings, ClientSettings, ConfigError, ConfigErrors, Credentials,
+    RawApp, RawCache, RawCachePolicy, RawClient, RawConfig, RawRate, RawServer, RawTokens,
+    Settings, UpstreamSettings,
 };
 use crate::cache::{CachePolicy, CacheSettings};
 use crate::limit::{LimitPolicy, WaitPolicy};
@@ -19,377 +22,506 @@ use crate::server::ConnLimits;
 use crate::token::TokenPolicy;
 use crate::vendor::{self, VendorKind};
 
-impl RawConfig {
-    /// Checks everything, resolves secrets, and builds typed settings.
-    pub fn validate(&self) -> Result<Settings, ConfigError> {
-        let s = &self.server;
-        let u = &self.upstream;
-        let positive = |field: &str, v: u64| {
-            if v == 0 {
-                Err(bad(field, "must be greater than 0"))
-            } else {
-                Ok(Duration::from_millis(v))
-            }
-        };
-        if s.max_body_bytes == 0 {
-            return Err(bad("server.max_body_bytes", "must be greater than 0"));
+/// Shortest admin key that does not draw a warning.
+const MIN_ADMIN_KEY_CHARS: usize = 16;
+
+/// What the checks found so far.
+#[derive(Default)]
+struct Findings {
+    errors: Vec<ConfigError>,
+    warnings: Vec<ConfigError>,
+}
+
+impl Findings {
+    /// The value of a check, or `None` with its error recorded.
+    fn take<T>(&mut self, result: Result<T, ConfigError>) -> Option<T> {
+        result.map_err(|e| self.errors.push(e)).ok()
+    }
+
+    fn error(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(bad(field, message));
+    }
+
+    fn warn(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.warnings.push(bad(field, message));
+    }
+
+    /// Records an error unless `value` is above zero.
+    fn positive(&mut self, field: &str, value: u64) -> Option<u64> {
+        if value == 0 {
+            self.error(field, "must be greater than 0, not 0");
+            None
+        } else {
+            Some(value)
         }
-        if s.max_connections == 0 {
-            return Err(bad("server.max_connections", "must be greater than 0"));
-        }
-        if u.pool_max_idle_per_host == 0 {
-            return Err(bad(
-                "upstream.pool_max_idle_per_host",
-                "must be greater than 0",
-            ));
-        }
-        let conn_limits = ConnLimits {
-            first_byte_timeout: positive(
-                "server.header_read_timeout_ms",
-                s.header_read_timeout_ms,
-            )?,
-            header_read_timeout: positive(
-                "server.header_read_timeout_ms",
-                s.header_read_timeout_ms,
-            )?,
-            max_connections: s.max_connections,
-            drain_timeout: Duration::from_millis(s.drain_timeout_ms),
-        };
-        let upstream = UpstreamSettings {
-            connect_timeout: positive("upstream.connect_timeout_ms", u.connect_timeout_ms)?,
-            timeout: positive("upstream.timeout_ms", u.timeout_ms)?,
-            pool_idle_timeout: positive("upstream.pool_idle_timeout_ms", u.pool_idle_timeout_ms)?,
-            pool_max_idle_per_host: u.pool_max_idle_per_host,
-            forward_other: u.forward_other,
-        };
-        if self.apps.is_empty() {
-            return Err(bad("apps", "at least one app is required"));
-        }
-        let apps = self
-            .apps
-            .iter()
-            .enumerate()
-            .map(|(i, app)| validate_app(&format!("apps[{i}]"), app))
-            .collect::<Result<Vec<_>, _>>()?;
-        unique("apps", "name", self.apps.iter().map(|a| a.name.as_str()))?;
-        unique(
-            "apps",
-            "vendor app",
-            apps.iter().map(|a| vendor_identity(&a.credentials)),
-        )?;
-        let app_names: HashSet<&str> = self.apps.iter().map(|a| a.name.as_str()).collect();
-        let client_default = self
-            .limits
-            .client_default
-            .map(|r| rate("limits.client_default", r))
-            .transpose()?;
-        let clients = self
-            .clients
-            .iter()
-            .enumerate()
-            .map(|(i, c)| validate_client(&format!("clients[{i}]"), c, &app_names, client_default))
-            .collect::<Result<Vec<_>, _>>()?;
-        unique(
-            "clients",
-            "name",
-            self.clients.iter().map(|c| c.name.as_str()),
-        )?;
-        unique("clients", "key", clients.iter().map(|c| hex(&c.key_sha256)))?;
-        let admin_key = self
-            .admin
-            .key
-            .as_deref()
-            .map(|k| resolve_secret("admin.key", k))
-            .transpose()?;
-        let t = &self.tokens;
-        if !(t.refresh_fraction > 0.0 && t.refresh_fraction < 1.0) {
-            return Err(bad(
-                "tokens.refresh_fraction",
-                "must be between 0 and 1 (exclusive)",
-            ));
-        }
-        if !(0.0..1.0).contains(&t.refresh_jitter) {
-            return Err(bad(
-                "tokens.refresh_jitter",
-                "must be at least 0 and below 1",
-            ));
-        }
-        if t.max_fetches_per_minute == 0 {
-            return Err(bad(
-                "tokens.max_fetches_per_minute",
-                "must be greater than 0",
-            ));
-        }
-        if t.retry_max_ms < t.retry_initial_ms {
-            return Err(bad(
-                "tokens.retry_max_ms",
-                "must be at least retry_initial_ms",
-            ));
-        }
-        let token_policy = TokenPolicy {
-            refresh_fraction: t.refresh_fraction,
-            refresh_jitter: t.refresh_jitter,
-            max_fetches_per_minute: t.max_fetches_per_minute,
-            retry_initial: Duration::from_millis(t.retry_initial_ms),
-            retry_max: Duration::from_millis(t.retry_max_ms),
-        };
-        let ct = &self.client_tokens;
-        if ct.ttl_secs == 0 {
-            return Err(bad("client_tokens.ttl_secs", "must be greater than 0"));
-        }
-        let client_token_key = ct
-            .signing_key
-            .as_deref()
-            .map(|k| resolve_secret("client_tokens.signing_key", k))
-            .transpose()?;
-        if client_token_key
-            .as_ref()
-            .is_some_and(|k| k.expose_secret().len() < 32)
-        {
-            return Err(bad(
-                "client_tokens.signing_key",
-                "must be at least 32 characters",
-            ));
-        }
-        let cache = validate_cache(&self.cache)?;
-        if self.limits.max_waiters == 0 {
-            return Err(bad("limits.max_waiters", "must be greater than 0"));
-        }
-        let vendor_wait = WaitPolicy {
-            max_wait: Duration::from_millis(self.limits.max_wait_ms),
-            max_waiters: self.limits.max_waiters,
-        };
-        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
-            return Err(bad(
-                "log.level",
-                "not a log filter (e.g. info, or info,imgate::access=warn)",
-            ));
-        }
-        Ok(Settings {
-            shutdown_delay: Duration::from_millis(s.shutdown_delay_ms),
-            log_format: self.log.format,
-            log_level: self.log.level.clone(),
-            cache,
-            vendor_wait,
-            token_policy,
-            client_token_ttl: Duration::from_secs(ct.ttl_secs),
-            client_token_key,
-            listen: address("server.listen", &s.listen)?,
-            admin_listen: address("server.admin_listen", &s.admin_listen)?,
-            max_body_bytes: s.max_body_bytes,
-            conn_limits,
-            upstream,
-            admin_key,
-            apps,
-            clients,
-        })
     }
 }
 
-fn validate_cache(raw: &RawCache) -> Result<CacheSettings, ConfigError> {
-    let policy =
-        |name: &str, p: &RawCachePolicy, extras: &[&str]| -> Result<CachePolicy, ConfigError> {
-            let present = [
-                ("delivered_ttl_ms", p.delivered_ttl_ms.is_some()),
-                ("batch_window_ms", p.batch_window_ms.is_some()),
-                ("max_batch_users", p.max_batch_users.is_some()),
-            ];
-            if let Some((field, _)) = present.iter().find(|(f, set)| *set && !extras.contains(f)) {
-                return Err(bad(
-                    format!("cache.{name}.{field}"),
-                    "not used by this cache",
-                ));
-            }
-            if p.max_entries == 0 {
-                return Err(bad(
-                    format!("cache.{name}.max_entries"),
-                    "must be greater than 0",
-                ));
-            }
-            Ok(CachePolicy {
-                ttl: Duration::from_millis(p.ttl_ms),
-                stale_while_revalidate: Duration::from_millis(p.stale_while_revalidate_ms),
-                stale_if_error: Duration::from_millis(p.stale_if_error_ms),
-                max_entries: p.max_entries,
+impl RawConfig {
+    /// Checks everything, resolves secrets, and builds typed settings; on failure, every
+    /// error found.
+    pub fn validate(&self) -> Result<Settings, ConfigErrors> {
+        let mut found = Findings::default();
+        let s = &self.server;
+        let (listen, admin_listen) = listeners(s, &mut found);
+        let max_body_bytes = found.positive("server.max_body_bytes", s.max_body_bytes as u64);
+        let conn_limits = conn_limits(s, &mut found);
+        let upstream = self.upstream_settings(&mut found);
+        let apps = self.apps(&mut found);
+        let client_default = self
+            .limits
+            .client_default
+            .and_then(|r| found.take(rate("limits.client_default", r)));
+        let clients = self.clients(client_default, &mut found);
+        let admin_key = self.admin_key(clients.as_deref(), &mut found);
+        let token_policy = token_policy(&self.tokens, &mut found);
+        let client_token_key = self.client_token_key(&mut found);
+        let client_token_ttl =
+            found.positive("client_tokens.ttl_secs", self.client_tokens.ttl_secs);
+        let cache = validate_cache(&self.cache, &mut found);
+        let max_waiters = found.positive("limits.max_waiters", self.limits.max_waiters as u64);
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            found.error(
+                "log.level",
+                format!(
+                    "{:?} is not a log filter (e.g. info, or info,imgate::access=warn)",
+                    self.log.level
+                ),
+            );
+        }
+        let Findings { errors, warnings } = found;
+        // Every `None` above comes with an error, so this builds whenever `errors` is empty.
+        let settings = (|| {
+            Some(Settings {
+                shutdown_delay: Duration::from_millis(s.shutdown_delay_ms),
+                log_format: self.log.format,
+                log_level: self.log.level.clone(),
+                cache: cache?,
+                vendor_wait: WaitPolicy {
+                    max_wait: Duration::from_millis(self.limits.max_wait_ms),
+                    max_waiters: max_waiters? as usize,
+                },
+                token_policy: token_policy?,
+                client_token_ttl: Duration::from_secs(client_token_ttl?),
+                client_token_key: client_token_key?,
+                listen: listen?,
+                admin_listen: admin_listen?,
+                max_body_bytes: max_body_bytes? as usize,
+                conn_limits: conn_limits?,
+                upstream: upstream?,
+                admin_key: admin_key?,
+                apps: apps?,
+                clients: clients?,
+                warnings,
             })
+        })();
+        match settings {
+            Some(settings) if errors.is_empty() => Ok(settings),
+            _ => Err(ConfigErrors(errors)),
+        }
+    }
+
+    fn upstream_settings(&self, found: &mut Findings) -> Option<UpstreamSettings> {
+        let u = &self.upstream;
+        let connect = found.positive("upstream.connect_timeout_ms", u.connect_timeout_ms);
+        let timeout = found.positive("upstream.timeout_ms", u.timeout_ms);
+        let idle = found.positive("upstream.pool_idle_timeout_ms", u.pool_idle_timeout_ms);
+        let max_idle = found.positive(
+            "upstream.pool_max_idle_per_host",
+            u.pool_max_idle_per_host as u64,
+        );
+        Some(UpstreamSettings {
+            connect_timeout: Duration::from_millis(connect?),
+            timeout: Duration::from_millis(timeout?),
+            pool_idle_timeout: Duration::from_millis(idle?),
+            pool_max_idle_per_host: max_idle? as usize,
+            forward_other: u.forward_other,
+        })
+    }
+
+    fn apps(&self, found: &mut Findings) -> Option<Vec<AppSettings>> {
+        if self.apps.is_empty() {
+            found.error("apps", "at least one [[apps]] entry is required");
+            return None;
+        }
+        let apps: Vec<Option<AppSettings>> = self
+            .apps
+            .iter()
+            .enumerate()
+            .map(|(i, app)| validate_app(&format!("apps[{i}]"), app, found))
+            .collect();
+        duplicates(
+            found,
+            "apps",
+            "name",
+            self.apps.iter().map(|a| Some(format!("{:?}", a.name))),
+        );
+        duplicates(
+            found,
+            "apps",
+            "",
+            apps.iter()
+                .map(|a| a.as_ref().map(|a| vendor_identity(&a.credentials))),
+        );
+        apps.into_iter().collect()
+    }
+
+    fn clients(
+        &self,
+        default_rate: Option<LimitPolicy>,
+        found: &mut Findings,
+    ) -> Option<Vec<ClientSettings>> {
+        let app_names: Vec<&str> = self.apps.iter().map(|a| a.name.as_str()).collect();
+        let clients: Vec<Option<ClientSettings>> = self
+            .clients
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                validate_client(&format!("clients[{i}]"), c, &app_names, default_rate, found)
+            })
+            .collect();
+        duplicates(
+            found,
+            "clients",
+            "name",
+            self.clients.iter().map(|c| Some(format!("{:?}", c.name))),
+        );
+        // The key itself is a secret: the clash names the entries, never the key.
+        duplicates(
+            found,
+            "clients",
+            "key",
+            clients
+                .iter()
+                .map(|c| c.as_ref().map(|c| hex(&c.key_sha256))),
+        );
+        clients.into_iter().collect()
+    }
+
+    /// The admin key: an error when it is a client's key too, a warning when it is short.
+    fn admin_key(
+        &self,
+        clients: Option<&[ClientSettings]>,
+        found: &mut Findings,
+    ) -> Option<Option<SecretString>> {
+        let Some(text) = self.admin.key.as_deref() else {
+            return Some(None);
         };
-    let presence = &raw.presence;
-    let max_batch_users = presence.max_batch_users.unwrap_or(vendor::MAX_USERNAMES);
-    if !(1..=vendor::MAX_USERNAMES).contains(&max_batch_users) {
-        return Err(bad(
+        let key = found.take(resolve_secret("admin.key", text))?;
+        let digest: [u8; 32] = Sha256::digest(key.expose_secret().as_bytes()).into();
+        if let Some(i) = clients
+            .unwrap_or_default()
+            .iter()
+            .position(|c| c.key_sha256 == digest)
+        {
+            found.error(
+                "admin.key",
+                format!("the same as the key of clients[{i}]; a backend would hold the admin key"),
+            );
+            return None;
+        }
+        let chars = key.expose_secret().chars().count();
+        if chars < MIN_ADMIN_KEY_CHARS {
+            found.warn(
+                "admin.key",
+                format!(
+                    "only {chars} characters; use a random key of at least \
+                     {MIN_ADMIN_KEY_CHARS}"
+                ),
+            );
+        }
+        Some(Some(key))
+    }
+
+    fn client_token_key(&self, found: &mut Findings) -> Option<Option<SecretString>> {
+        let field = "client_tokens.signing_key";
+        let Some(text) = self.client_tokens.signing_key.as_deref() else {
+            if !self.clients.is_empty() {
+                found.warn(
+                    field,
+                    "not set: client tokens (POST {prefix}/token) are signed with a random key \
+                     per process, so they stop working on a restart and on other replicas",
+                );
+            }
+            return Some(None);
+        };
+        let key = found.take(resolve_secret(field, text))?;
+        let chars = key.expose_secret().len();
+        if chars < 32 {
+            found.error(
+                field,
+                format!("must be at least 32 characters, not {chars}"),
+            );
+            return None;
+        }
+        Some(Some(key))
+    }
+}
+
+/// Both listener addresses; an error when they would take the same port.
+fn listeners(s: &RawServer, found: &mut Findings) -> (Option<SocketAddr>, Option<SocketAddr>) {
+    let listen = found.take(address("server.listen", &s.listen));
+    let admin = found.take(address("server.admin_listen", &s.admin_listen));
+    if let (Some(a), Some(b)) = (listen, admin) {
+        let overlap = a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified();
+        if a.port() != 0 && a.port() == b.port() && overlap {
+            found.error(
+                "server.admin_listen",
+                format!(
+                    "{:?} takes the same port as server.listen {:?}; give each its own",
+                    s.admin_listen, s.listen
+                ),
+            );
+            return (listen, None);
+        }
+    }
+    (listen, admin)
+}
+
+fn conn_limits(s: &RawServer, found: &mut Findings) -> Option<ConnLimits> {
+    let header = found.positive("server.header_read_timeout_ms", s.header_read_timeout_ms);
+    let max_connections = found.positive("server.max_connections", s.max_connections as u64);
+    let header = Duration::from_millis(header?);
+    Some(ConnLimits {
+        first_byte_timeout: header,
+        header_read_timeout: header,
+        max_connections: max_connections? as usize,
+        drain_timeout: Duration::from_millis(s.drain_timeout_ms),
+    })
+}
+
+fn token_policy(t: &RawTokens, found: &mut Findings) -> Option<TokenPolicy> {
+    let mut ok = true;
+    let mut fail = |field: &str, message: String| {
+        found.error(field, message);
+        ok = false;
+    };
+    if !(t.refresh_fraction > 0.0 && t.refresh_fraction < 1.0) {
+        fail(
+            "tokens.refresh_fraction",
+            format!(
+                "must be between 0 and 1 (exclusive), not {}",
+                t.refresh_fraction
+            ),
+        );
+    }
+    if !(0.0..1.0).contains(&t.refresh_jitter) {
+        fail(
+            "tokens.refresh_jitter",
+            format!("must be at least 0 and below 1, not {}", t.refresh_jitter),
+        );
+    }
+    if t.max_fetches_per_minute == 0 {
+        fail(
+            "tokens.max_fetches_per_minute",
+            "must be greater than 0, not 0".into(),
+        );
+    }
+    if t.retry_max_ms < t.retry_initial_ms {
+        fail(
+            "tokens.retry_max_ms",
+            format!(
+                "{} is below retry_initial_ms ({})",
+                t.retry_max_ms, t.retry_initial_ms
+            ),
+        );
+    }
+    ok.then(|| TokenPolicy {
+        refresh_fraction: t.refresh_fraction,
+        refresh_jitter: t.refresh_jitter,
+        max_fetches_per_minute: t.max_fetches_per_minute,
+        retry_initial: Duration::from_millis(t.retry_initial_ms),
+        retry_max: Duration::from_millis(t.retry_max_ms),
+    })
+}
+
+fn validate_cache(raw: &RawCache, found: &mut Findings) -> Option<CacheSettings> {
+    let mut policy = |name: &str, p: &RawCachePolicy, extras: &[&str]| -> Option<CachePolicy> {
+        let present = [
+            ("delivered_ttl_ms", p.delivered_ttl_ms.is_some()),
+            ("batch_window_ms", p.batch_window_ms.is_some()),
+            ("max_batch_users", p.max_batch_users.is_some()),
+        ];
+        let mut ok = true;
+        for (field, _) in present
+            .iter()
+            .filter(|(f, set)| *set && !extras.contains(f))
+        {
+            found.error(
+                format!("cache.{name}.{field}"),
+                format!("not used by the {name} cache"),
+            );
+            ok = false;
+        }
+        let max_entries = found.positive(&format!("cache.{name}.max_entries"), p.max_entries);
+        (ok && max_entries.is_some()).then(|| CachePolicy {
+            ttl: Duration::from_millis(p.ttl_ms),
+            stale_while_revalidate: Duration::from_millis(p.stale_while_revalidate_ms),
+            stale_if_error: Duration::from_millis(p.stale_if_error_ms),
+            max_entries: p.max_entries,
+        })
+    };
+    let offline_count = policy("offline_count", &raw.offline_count, &[]);
+    let offline_status = policy("offline_status", &raw.offline_status, &["delivered_ttl_ms"]);
+    let presence = policy(
+        "presence",
+        &raw.presence,
+        &["batch_window_ms", "max_batch_users"],
+    );
+    let sublist = policy("sublist", &raw.sublist, &[]);
+    let max_batch_users = raw
+        .presence
+        .max_batch_users
+        .unwrap_or(vendor::MAX_USERNAMES);
+    let batch_users_ok = (1..=vendor::MAX_USERNAMES).contains(&max_batch_users);
+    if !batch_users_ok {
+        found.error(
             "cache.presence.max_batch_users",
-            "must be between 1 and 100",
-        ));
+            format!("must be between 1 and 100, not {max_batch_users}"),
+        );
     }
-    let batch_window = Duration::from_millis(presence.batch_window_ms.unwrap_or(2));
-    if batch_window > Duration::from_secs(1) {
-        return Err(bad("cache.presence.batch_window_ms", "at most 1000"));
+    let window_ms = raw.presence.batch_window_ms.unwrap_or(2);
+    let window_ok = window_ms <= 1_000;
+    if !window_ok {
+        found.error(
+            "cache.presence.batch_window_ms",
+            format!("must be at most 1000, not {window_ms}"),
+        );
     }
-    Ok(CacheSettings {
-        offline_count: policy("offline_count", &raw.offline_count, &[])?,
-        offline_status: policy("offline_status", &raw.offline_status, &["delivered_ttl_ms"])?,
+    Some(CacheSettings {
+        offline_count: offline_count?,
+        offline_status: offline_status?,
         delivered_ttl: Duration::from_millis(
             raw.offline_status.delivered_ttl_ms.unwrap_or(3_600_000),
         ),
-        presence: policy(
-            "presence",
-            presence,
-            &["batch_window_ms", "max_batch_users"],
-        )?,
-        sublist: policy("sublist", &raw.sublist, &[])?,
-        batch_window,
-        max_batch_users,
+        presence: presence?,
+        sublist: sublist?,
+        batch_window: window_ok.then(|| Duration::from_millis(window_ms))?,
+        max_batch_users: batch_users_ok.then_some(max_batch_users)?,
     })
 }
 
 fn vendor_identity(credentials: &Credentials) -> String {
     match credentials {
-        Credentials::Agora { app_id, .. } => format!("app-id/{}", app_id.to_ascii_lowercase()),
-        Credentials::Easemob { org, app, .. } => format!("{org}/{app}"),
+        Credentials::Agora { app_id, .. } => {
+            format!("vendor app app-id/{}", app_id.to_ascii_lowercase())
+        }
+        Credentials::Easemob { org, app, .. } => format!("vendor app {org}/{app}"),
     }
 }
 
-fn unique<T: Eq + std::hash::Hash + std::fmt::Display>(
+/// Records an error on every entry of `list` whose `what` repeats an earlier entry's
+/// (entries whose value is unknown, `None`, are skipped). `values` are printable: quoted names,
+/// or a digest when the value is a secret.
+fn duplicates(
+    found: &mut Findings,
     list: &str,
     what: &str,
-    items: impl Iterator<Item = T>,
-) -> Result<(), ConfigError> {
-    let mut seen = HashSet::new();
-    for (i, item) in items.enumerate() {
-        if !seen.insert(item) {
-            return Err(bad(format!("{list}[{i}]"), format!("duplicate {what}")));
+    values: impl Iterator<Item = Option<String>>,
+) {
+    let mut first: HashMap<String, usize> = HashMap::new();
+    for (i, value) in values.enumerate() {
+        let Some(value) = value else { continue };
+        let field = if what.is_empty() {
+            format!("{list}[{i}]")
+        } else {
+            format!("{list}[{i}].{what}")
+        };
+        match first.get(&value) {
+            Some(earlier) if what == "key" => {
+                found.error(field, format!("the same key as {list}[{earlier}]"))
+            }
+            Some(earlier) => found.error(field, format!("{value} is taken by {list}[{earlier}]")),
+            None => {
+                first.insert(value, i);
+            }
         }
     }
-    Ok(())
 }
 
 fn address(field: &str, text: &str) -> Result<SocketAddr, ConfigError> {
-    text.parse()
-        .map_err(|_| bad(field, format!("not an IP address with port: {text:?}")))
+    text.parse().map_err(|_| {
+        bad(
+            field,
+            format!("{text:?} is not an IP address with a port (e.g. 127.0.0.1:8080)"),
+        )
+    })
 }
 
+/// A field an app of `vendor` must have.
 fn required<'a>(
+    found: &mut Findings,
     field: &str,
     value: &'a Option<String>,
-    vendor: &str,
-) -> Result<&'a str, ConfigError> {
+    vendor: VendorKind,
+) -> Option<&'a str> {
     match value.as_deref() {
-        Some(v) if !v.is_empty() => Ok(v),
-        _ => Err(bad(field, format!("required for a {vendor} app"))),
+        Some(v) if !v.is_empty() => Some(v),
+        _ => {
+            found.error(
+                field,
+                format!("required for an {} app", vendor_name(vendor)),
+            );
+            None
+        }
     }
 }
 
-fn validate_app(at: &str, app: &RawApp) -> Result<AppSettings, ConfigError> {
+fn vendor_name(vendor: VendorKind) -> &'static str {
+    match vendor {
+        VendorKind::Agora => "agora",
+        VendorKind::Easemob => "easemob",
+    }
+}
+
+fn validate_app(at: &str, app: &RawApp, found: &mut Findings) -> Option<AppSettings> {
     let field = |name: &str| format!("{at}.{name}");
-    if app.name.is_empty()
-        || !app
+    let errors_before = found.errors.len();
+    let name_ok = !app.name.is_empty()
+        && app
             .name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        return Err(bad(
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !name_ok {
+        found.error(
             field("name"),
-            "must be non-empty letters, digits, '-' or '_'",
-        ));
+            format!(
+                "{:?}: must be non-empty letters, digits, '-' or '_'",
+                app.name
+            ),
+        );
     }
-    let upstream = upstream_base(&field("upstream"), &app.upstream)?;
-    let only = |name: &str, value: bool, vendor: &str| {
-        if value {
-            Err(bad(field(name), format!("not used by a {vendor} app")))
-        } else {
-            Ok(())
-        }
+    let upstream = found.take(upstream_base(&field("upstream"), &app.upstream));
+    if let Some(uri) = &upstream {
+        warn_plain_http(found, &field("upstream"), uri);
+    }
+    let unused: &[(&str, bool)] = match app.vendor {
+        VendorKind::Agora => &[
+            ("org", app.org.is_some()),
+            ("app", app.app.is_some()),
+            ("client_id", app.client_id.is_some()),
+            ("client_secret", app.client_secret.is_some()),
+            ("token_ttl_secs", app.token_ttl_secs.is_some()),
+        ],
+        VendorKind::Easemob => &[
+            ("app_id", app.app_id.is_some()),
+            ("app_certificate", app.app_certificate.is_some()),
+            ("token_expire_secs", app.token_expire_secs.is_some()),
+        ],
     };
+    for (name, _) in unused.iter().filter(|(_, set)| *set) {
+        found.error(
+            field(name),
+            format!("not used by an {} app", vendor_name(app.vendor)),
+        );
+    }
     let credentials = match app.vendor {
-        VendorKind::Agora => {
-            for (name, set) in [
-                ("org", app.org.is_some()),
-                ("app", app.app.is_some()),
-                ("client_id", app.client_id.is_some()),
-                ("client_secret", app.client_secret.is_some()),
-                ("token_ttl_secs", app.token_ttl_secs.is_some()),
-            ] {
-                only(name, set, "agora")?;
-            }
-            let app_id = required(&field("app_id"), &app.app_id, "agora")?;
-            if !vendor::is_agora_hex(app_id) {
-                return Err(bad(field("app_id"), "must be 32 hex characters"));
-            }
-            let certificate = resolve_secret(
-                &field("app_certificate"),
-                required(&field("app_certificate"), &app.app_certificate, "agora")?,
-            )?;
-            if !vendor::is_agora_hex(certificate.expose_secret()) {
-                return Err(bad(field("app_certificate"), "must be 32 hex characters"));
-            }
-            let expire_secs = app
-                .token_expire_secs
-                .unwrap_or(vendor::MAX_AGORA_EXPIRE_SECS);
-            if !(1..=vendor::MAX_AGORA_EXPIRE_SECS).contains(&expire_secs) {
-                return Err(bad(
-                    field("token_expire_secs"),
-                    "must be between 1 and 86400",
-                ));
-            }
-            Credentials::Agora {
-                app_id: app_id.to_owned(),
-                certificate,
-                expire_secs,
-            }
-        }
-        VendorKind::Easemob => {
-            for (name, set) in [
-                ("app_id", app.app_id.is_some()),
-                ("app_certificate", app.app_certificate.is_some()),
-                ("token_expire_secs", app.token_expire_secs.is_some()),
-            ] {
-                only(name, set, "easemob")?;
-            }
-            let segment = |name: &str, value: &Option<String>| -> Result<String, ConfigError> {
-                let v = required(&field(name), value, "easemob")?;
-                if v.contains('/') || v == "app-id" {
-                    return Err(bad(
-                        field(name),
-                        "must be a single path segment other than app-id",
-                    ));
-                }
-                Ok(v.to_owned())
-            };
-            let client_secret = resolve_secret(
-                &field("client_secret"),
-                required(&field("client_secret"), &app.client_secret, "easemob")?,
-            )?;
-            Credentials::Easemob {
-                org: segment("org", &app.org)?,
-                app: segment("app", &app.app)?,
-                client_id: required(&field("client_id"), &app.client_id, "easemob")?.to_owned(),
-                client_secret,
-                ttl_secs: app.token_ttl_secs,
-            }
-        }
+        VendorKind::Agora => agora_credentials(at, app, found),
+        VendorKind::Easemob => easemob_credentials(at, app, found),
     };
-    let share = app.vendor_quota_share.unwrap_or(1.0);
-    if !(share > 0.0 && share <= 1.0) {
-        return Err(bad(
-            field("vendor_quota_share"),
-            "must be above 0 and at most 1",
-        ));
-    }
-    let mut vendor_quotas = Endpoint::ALL.map(vendor::default_quota);
-    for (name, quota) in &app.vendor_quotas {
-        let endpoint = Endpoint::from_name(name)
-            .ok_or_else(|| bad(field(&format!("vendor_quotas.{name}")), "unknown endpoint"))?;
-        if *quota == 0 {
-            return Err(bad(
-                field(&format!("vendor_quotas.{name}")),
-                "must be greater than 0",
-            ));
-        }
-        vendor_quotas[endpoint.index()] = *quota;
-    }
-    // The share never rounds a quota down to nothing.
-    let vendor_quotas = vendor_quotas.map(|q| ((f64::from(q) * share).floor() as u32).max(1));
-    Ok(AppSettings {
+    let vendor_quotas = vendor_quotas(at, app, found);
+    let (upstream, credentials, vendor_quotas) = (upstream?, credentials?, vendor_quotas?);
+    (found.errors.len() == errors_before).then(|| AppSettings {
         name: app.name.clone(),
         upstream,
         credentials,
@@ -397,60 +529,222 @@ fn validate_app(at: &str, app: &RawApp) -> Result<AppSettings, ConfigError> {
     })
 }
 
+fn agora_credentials(at: &str, app: &RawApp, found: &mut Findings) -> Option<Credentials> {
+    let field = |name: &str| format!("{at}.{name}");
+    let app_id = required(found, &field("app_id"), &app.app_id, VendorKind::Agora);
+    let app_id = app_id.filter(|id| {
+        let ok = vendor::is_agora_hex(id);
+        if !ok {
+            found.error(
+                field("app_id"),
+                format!("{id:?}: must be 32 hex characters"),
+            );
+        }
+        ok
+    });
+    let certificate = required(
+        found,
+        &field("app_certificate"),
+        &app.app_certificate,
+        VendorKind::Agora,
+    )
+    .and_then(|text| found.take(resolve_secret(&field("app_certificate"), text)))
+    .filter(|cert| {
+        // A secret: the message never repeats it.
+        let ok = vendor::is_agora_hex(cert.expose_secret());
+        if !ok {
+            found.error(field("app_certificate"), "must be 32 hex characters");
+        }
+        ok
+    });
+    let expire_secs = app
+        .token_expire_secs
+        .unwrap_or(vendor::MAX_AGORA_EXPIRE_SECS);
+    let expire_ok = (1..=vendor::MAX_AGORA_EXPIRE_SECS).contains(&expire_secs);
+    if !expire_ok {
+        found.error(
+            field("token_expire_secs"),
+            format!("must be between 1 and 86400, not {expire_secs}"),
+        );
+    }
+    Some(Credentials::Agora {
+        app_id: app_id?.to_owned(),
+        certificate: certificate?,
+        expire_secs: expire_ok.then_some(expire_secs)?,
+    })
+}
+
+fn easemob_credentials(at: &str, app: &RawApp, found: &mut Findings) -> Option<Credentials> {
+    let field = |name: &str| format!("{at}.{name}");
+    let mut segment = |name: &str, value: &Option<String>| -> Option<String> {
+        let v = required(found, &field(name), value, VendorKind::Easemob)?;
+        if v.contains('/') || v == "app-id" {
+            found.error(
+                field(name),
+                format!("{v:?}: must be a single path segment other than app-id"),
+            );
+            return None;
+        }
+        Some(v.to_owned())
+    };
+    let org = segment("org", &app.org);
+    let app_name = segment("app", &app.app);
+    let client_id = required(
+        found,
+        &field("client_id"),
+        &app.client_id,
+        VendorKind::Easemob,
+    );
+    let client_secret = required(
+        found,
+        &field("client_secret"),
+        &app.client_secret,
+        VendorKind::Easemob,
+    )
+    .and_then(|text| found.take(resolve_secret(&field("client_secret"), text)));
+    Some(Credentials::Easemob {
+        org: org?,
+        app: app_name?,
+        client_id: client_id?.to_owned(),
+        client_secret: client_secret?,
+        ttl_secs: app.token_ttl_secs,
+    })
+}
+
+/// The app's vendor quotas after overrides and its share.
+fn vendor_quotas(
+    at: &str,
+    app: &RawApp,
+    found: &mut Findings,
+) -> Option<[u32; Endpoint::ALL.len()]> {
+    let errors_before = found.errors.len();
+    let share = app.vendor_quota_share.unwrap_or(1.0);
+    if !(share > 0.0 && share <= 1.0) {
+        found.error(
+            format!("{at}.vendor_quota_share"),
+            format!("must be above 0 and at most 1, not {share}"),
+        );
+    }
+    let mut quotas = Endpoint::ALL.map(vendor::default_quota);
+    for (name, quota) in &app.vendor_quotas {
+        let field = format!("{at}.vendor_quotas.{name}");
+        match Endpoint::from_name(name) {
+            None => {
+                let valid: Vec<&str> = Endpoint::ALL.iter().map(|e| e.name()).collect();
+                found.error(
+                    field,
+                    format!(
+                        "unknown endpoint {name:?}; the endpoints are {}",
+                        valid.join(", ")
+                    ),
+                );
+            }
+            Some(_) if *quota == 0 => found.error(field, "must be greater than 0, not 0"),
+            Some(endpoint) => quotas[endpoint.index()] = *quota,
+        }
+    }
+    // The share never rounds a quota down to nothing.
+    (found.errors.len() == errors_before)
+        .then(|| quotas.map(|q| ((f64::from(q) * share).floor() as u32).max(1)))
+}
+
 fn upstream_base(field: &str, text: &str) -> Result<Uri, ConfigError> {
     let uri: Uri = text
         .parse()
-        .map_err(|_| bad(field, format!("not a URL: {text:?}")))?;
-    match uri.scheme_str() {
-        Some("https" | "http") => {}
-        _ => {
-            return Err(bad(
-                field,
-                "must start with https:// (or http:// for the emulator)",
-            ))
+        .map_err(|_| bad(field, format!("{text:?} is not a URL")))?;
+    let problem = match uri.scheme_str() {
+        Some("https" | "http") if uri.authority().is_none() => "must name a host",
+        Some("https" | "http") if !matches!(uri.path(), "" | "/") || uri.query().is_some() => {
+            "must be scheme and host only, without a path"
         }
+        Some("https" | "http") => return Ok(uri),
+        _ => "must start with https:// (or http:// for the emulator)",
+    };
+    Err(bad(field, format!("{text:?}: {problem}")))
+}
+
+/// A plain-HTTP upstream beyond this machine sends the app token, a bearer credential with
+/// full rights over the app, in clear.
+fn warn_plain_http(found: &mut Findings, field: &str, uri: &Uri) {
+    let host = uri.host().unwrap_or("");
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if uri.scheme_str() == Some("http") && !loopback {
+        found.warn(
+            field,
+            format!(
+                "plain http:// to {host:?}, not a loopback host: the app token would cross \
+                 the network in clear; use https://"
+            ),
+        );
     }
-    if uri.authority().is_none() {
-        return Err(bad(field, "must name a host"));
-    }
-    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-        return Err(bad(field, "must be scheme and host only, without a path"));
-    }
-    Ok(uri)
 }
 
 fn validate_client(
     at: &str,
     client: &RawClient,
-    apps: &HashSet<&str>,
+    apps: &[&str],
     default_rate: Option<LimitPolicy>,
-) -> Result<ClientSettings, ConfigError> {
+    found: &mut Findings,
+) -> Option<ClientSettings> {
     let field = |name: &str| format!("{at}.{name}");
+    let errors_before = found.errors.len();
     if client.name.is_empty() {
-        return Err(bad(field("name"), "must not be empty"));
+        found.error(field("name"), "must not be empty");
     }
     let key_sha256 = match (&client.key, &client.key_sha256) {
-        (Some(key), None) => {
-            let key = resolve_secret(&field("key"), key)?;
-            if key.expose_secret().len() < 8 {
-                return Err(bad(field("key"), "must be at least 8 characters"));
+        (Some(key), None) => found
+            .take(resolve_secret(&field("key"), key))
+            .and_then(|key| {
+                let chars = key.expose_secret().chars().count();
+                if chars < 8 {
+                    found.error(
+                        field("key"),
+                        format!("must be at least 8 characters, not {chars}"),
+                    );
+                    return None;
+                }
+                Some(Sha256::digest(key.expose_secret().as_bytes()).into())
+            }),
+        (None, Some(hash)) => {
+            let parsed = parse_sha256(hash);
+            if parsed.is_none() {
+                found.error(
+                    field("key_sha256"),
+                    format!("{hash:?}: must be 64 hex characters"),
+                );
             }
-            Sha256::digest(key.expose_secret().as_bytes()).into()
+            parsed
         }
-        (None, Some(hash)) => parse_sha256(hash)
-            .ok_or_else(|| bad(field("key_sha256"), "must be 64 hex characters"))?,
-        _ => return Err(bad(field("key"), "give exactly one of key and key_sha256")),
+        (Some(_), Some(_)) => {
+            found.error(field("key"), "give one of key and key_sha256, not both");
+            None
+        }
+        (None, None) => {
+            found.error(field("key"), "required (or key_sha256)");
+            None
+        }
     };
-    if let Some(list) = &client.apps {
-        if let Some(unknown) = list.iter().find(|a| !apps.contains(a.as_str())) {
-            return Err(bad(field("apps"), format!("no app named {unknown:?}")));
-        }
+    for unknown in client
+        .apps
+        .iter()
+        .flatten()
+        .filter(|a| !apps.contains(&a.as_str()))
+    {
+        found.error(
+            field("apps"),
+            format!("no app named {unknown:?}; the apps are {}", apps.join(", ")),
+        );
     }
     let rate_limit = match client.rate_limit {
-        Some(r) => Some(rate(&field("rate_limit"), r)?),
+        Some(r) => Some(found.take(rate(&field("rate_limit"), r))?),
         None => default_rate,
     };
-    Ok(ClientSettings {
+    let key_sha256 = key_sha256?;
+    (found.errors.len() == errors_before).then(|| ClientSettings {
         name: client.name.clone(),
         key_sha256,
         apps: client.apps.clone(),
@@ -461,7 +755,13 @@ fn validate_client(
 fn rate(field: &str, raw: RawRate) -> Result<LimitPolicy, ConfigError> {
     let burst = raw.burst.unwrap_or(raw.per_second);
     if raw.per_second == 0 || burst == 0 {
-        return Err(bad(field, "per_second and burst must be greater than 0"));
+        return Err(bad(
+            field,
+            format!(
+                "per_second and burst must be greater than 0, not {} and {burst}",
+                raw.per_second
+            ),
+        ));
     }
     Ok(LimitPolicy {
         per_second: raw.per_second,
@@ -489,11 +789,21 @@ mod tests {
     use super::super::TEST_CONFIG as GOOD;
     use super::*;
 
+    fn errors_of(text: &str) -> Vec<String> {
+        let raw = RawConfig::parse(text).unwrap();
+        let errors = raw.validate().unwrap_err().0;
+        errors.iter().map(ToString::to_string).collect()
+    }
+
     fn error_of(text: &str) -> String {
-        RawConfig::parse(text)
-            .and_then(|c| c.validate())
-            .unwrap_err()
-            .to_string()
+        let errors = errors_of(text);
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        errors[0].clone()
+    }
+
+    fn warnings_of(text: &str) -> Vec<String> {
+        let settings = RawConfig::parse(text).unwrap().validate().unwrap();
+        settings.warnings.iter().map(ToString::to_string).collect()
     }
 
     #[test]
@@ -516,24 +826,159 @@ mod tests {
     }
 
     #[test]
-    fn errors_name_the_field() {
+    fn errors_name_the_field_and_the_value() {
         let bad_id = GOOD.replace("a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6", "xyz");
         assert_eq!(
             error_of(&bad_id),
-            "apps[0].app_id: must be 32 hex characters"
+            "apps[0].app_id: \"xyz\": must be 32 hex characters"
         );
         let no_secret = GOOD.replace("client_secret = \"secret\"", "");
         assert_eq!(
             error_of(&no_secret),
-            "apps[1].client_secret: required for a easemob app"
+            "apps[1].client_secret: required for an easemob app"
         );
         let bad_url = GOOD.replace("http://127.0.0.1:8081", "ftp://x");
-        assert!(error_of(&bad_url).starts_with("apps[1].upstream:"));
+        assert_eq!(
+            error_of(&bad_url),
+            "apps[1].upstream: \"ftp://x\": must start with https:// (or http:// for the emulator)"
+        );
         let bad_client_app = GOOD.replace("apps = [\"a\"]", "apps = [\"zz\"]");
-        assert!(error_of(&bad_client_app).starts_with("clients[0].apps:"));
-        assert!(error_of("[server]\nlisten = 5").starts_with("config:"));
-        assert!(error_of(&format!("{GOOD}\n[server]\nmax_body_bytes = 0"))
-            .starts_with("server.max_body_bytes"));
+        assert_eq!(
+            error_of(&bad_client_app),
+            "clients[0].apps: no app named \"zz\"; the apps are a, e"
+        );
+        assert!(RawConfig::parse("[server]\nlisten = 5")
+            .unwrap_err()
+            .to_string()
+            .starts_with("config:"));
+        assert_eq!(
+            error_of(&format!("{GOOD}\n[server]\nmax_body_bytes = 0")),
+            "server.max_body_bytes: must be greater than 0, not 0"
+        );
+    }
+
+    #[test]
+    fn every_error_is_reported_in_one_run() {
+        let text = GOOD
+            .replace("a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6", "xyz")
+            .replace("client_secret = \"secret\"", "")
+            .replace("apps = [\"a\"]", "apps = [\"zz\"]")
+            + "\n[server]\nmax_body_bytes = 0\n[tokens]\nrefresh_fraction = 2.0\n";
+        let errors = errors_of(&text);
+        let fields: Vec<&str> = errors
+            .iter()
+            .map(|e| e.split(':').next().unwrap())
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "server.max_body_bytes",
+                "apps[0].app_id",
+                "apps[1].client_secret",
+                "clients[0].apps",
+                "tokens.refresh_fraction",
+            ],
+            "{errors:#?}"
+        );
+    }
+
+    #[test]
+    fn listeners_may_not_share_a_port() {
+        for (listen, admin) in [
+            ("127.0.0.1:8080", "127.0.0.1:8080"),
+            ("0.0.0.0:8080", "127.0.0.1:8080"),
+            ("127.0.0.1:9000", "[::]:9000"),
+        ] {
+            let text = format!("{GOOD}\n[server]\nlisten = {listen:?}\nadmin_listen = {admin:?}");
+            let error = error_of(&text);
+            assert!(
+                error.starts_with("server.admin_listen: ")
+                    && error.contains(listen)
+                    && error.contains(admin),
+                "{error}"
+            );
+        }
+        for (listen, admin) in [
+            ("127.0.0.1:8080", "127.0.0.2:8080"),
+            ("127.0.0.1:0", "127.0.0.1:0"),
+        ] {
+            let text = format!("{GOOD}\n[server]\nlisten = {listen:?}\nadmin_listen = {admin:?}");
+            RawConfig::parse(&text).unwrap().validate().unwrap();
+        }
+    }
+
+    #[test]
+    fn duplicates_name_the_value_and_the_first_entry() {
+        let twin_app = GOOD.replace("name = \"e\"", "name = \"a\"");
+        assert_eq!(
+            error_of(&twin_app),
+            "apps[1].name: \"a\" is taken by apps[0]"
+        );
+        let twin_vendor_app = format!(
+            "{GOOD}\n[[apps]]\nname = \"a2\"\nvendor = \"agora\"\nupstream = \"https://h.example\"\n\
+             app_id = \"A1B2C3D4E5F6A7B8C9D0E1F2A3B4C5D6\"\n\
+             app_certificate = \"0f1e2d3c4b5a69788796a5b4c3d2e1f0\"\n"
+        );
+        assert_eq!(
+            error_of(&twin_vendor_app),
+            "apps[2]: vendor app app-id/a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6 is taken by apps[0]"
+        );
+        let twin_clients = format!(
+            "{GOOD}\n[[clients]]\nname = \"svc\"\nkey = \"other-key-1\"\n\
+             [[clients]]\nname = \"svc3\"\nkey = \"svc-key-123\"\n"
+        );
+        let errors = errors_of(&twin_clients);
+        assert_eq!(
+            errors,
+            [
+                "clients[1].name: \"svc\" is taken by clients[0]",
+                "clients[2].key: the same key as clients[0]",
+            ]
+        );
+        assert!(!errors.concat().contains("svc-key-123"), "a key is printed");
+    }
+
+    #[test]
+    fn unknown_endpoints_list_the_valid_ones() {
+        let text = GOOD.replace(
+            "app_certificate = \"0f1e2d3c4b5a69788796a5b4c3d2e1f0\"",
+            "app_certificate = \"0f1e2d3c4b5a69788796a5b4c3d2e1f0\"\nvendor_quotas = { presense = 10 }",
+        );
+        let error = error_of(&text);
+        assert!(
+            error.starts_with("apps[0].vendor_quotas.presense: unknown endpoint \"presense\"; the endpoints are token, offline_msg_count,"),
+            "{error}"
+        );
+        for endpoint in Endpoint::ALL {
+            assert!(error.contains(endpoint.name()), "{error}");
+        }
+    }
+
+    #[test]
+    fn risky_settings_are_warnings_not_errors() {
+        assert_eq!(
+            warnings_of(GOOD),
+            ["client_tokens.signing_key: not set: client tokens (POST {prefix}/token) are signed with a random key per process, so they stop working on a restart and on other replicas"]
+        );
+        let risky = GOOD.replace("https://a41.chat.agora.io", "http://a41.chat.agora.io")
+            + "\n[admin]\nkey = \"short\"\n";
+        let warnings = warnings_of(&risky);
+        assert_eq!(warnings.len(), 3, "{warnings:#?}");
+        assert!(warnings[0].starts_with("apps[0].upstream: plain http:// to \"a41.chat.agora.io\""));
+        assert!(warnings[1].starts_with("admin.key: only 5 characters"));
+        assert!(!warnings.concat().contains("short\""), "the key is printed");
+        let careful = GOOD.replace("[[clients]]", "[client_tokens]\nsigning_key = \"0123456789abcdef0123456789abcdef\"\n[admin]\nkey = \"a-long-enough-admin-key\"\n[[clients]]")
+            .replace("http://127.0.0.1:8081", "http://localhost:8081");
+        assert_eq!(warnings_of(&careful), Vec::<String>::new());
+    }
+
+    #[test]
+    fn the_admin_key_may_not_be_a_client_key() {
+        let text = format!("{GOOD}\n[admin]\nkey = \"svc-key-123\"\n");
+        assert_eq!(
+            error_of(&text),
+            "admin.key: the same as the key of clients[0]; a backend would hold the admin key"
+        );
     }
 
     #[test]
