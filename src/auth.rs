@@ -114,9 +114,34 @@ impl Clients {
     pub fn by_name(&self, name: &str) -> Option<&Client> {
         self.by_name.get(name).map(|&i| &self.list[i])
     }
+
+    /// The names of the clients of `new` that are not here or differ (key, apps, quota), and
+    /// of the clients here that `new` lacks.
+    pub fn changes<'a>(&self, new: &'a Clients) -> (Vec<&'a str>, Vec<&str>) {
+        let changed = new
+            .list
+            .iter()
+            .filter(|c| self.by_name(&c.name).is_none_or(|old| !old.same_as(c)))
+            .map(|c| c.name.as_str())
+            .collect();
+        let removed = self
+            .list
+            .iter()
+            .filter(|c| new.by_name(&c.name).is_none())
+            .map(|c| c.name.as_str())
+            .collect();
+        (changed, removed)
+    }
 }
 
 impl Client {
+    /// Whether both have the same key, apps and quota.
+    fn same_as(&self, other: &Client) -> bool {
+        self.key_sha256 == other.key_sha256
+            && self.allowed == other.allowed
+            && self.limit.as_ref().map(|l| l.policy()) == other.limit.as_ref().map(|l| l.policy())
+    }
+
     /// Whether `key` is this client's key (constant time).
     pub fn has_key(&self, key: &str) -> bool {
         digests_equal(&self.key_sha256, &Sha256::digest(key.as_bytes()).into())

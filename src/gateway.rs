@@ -271,8 +271,19 @@ impl Gateway {
                 app.tokens.retire();
             }
         }
+        let now = self.snapshot();
+        let removed_apps = old
+            .apps
+            .iter()
+            .filter(|a| now.app_named(&a.name).is_none())
+            .map(|a| a.name.as_str());
+        let (changed_clients, removed_clients) = old.clients.changes(&now.clients);
         tracing::info!(
-            changed = ?fresh.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(),
+            target: crate::logging::LISTS_TARGET,
+            apps_changed = %json_list(fresh.iter().map(|a| a.name.as_str())),
+            apps_removed = %json_list(removed_apps),
+            clients_changed = %json_list(changed_clients.into_iter()),
+            clients_removed = %json_list(removed_clients.into_iter()),
             "configuration reloaded"
         );
         Ok(())
@@ -351,6 +362,11 @@ impl Gateway {
         };
         (snapshot, fresh)
     }
+}
+
+/// Names as a JSON array, for log fields (JSON logs carry it as an array).
+fn json_list<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    serde_json::Value::from(names.collect::<Vec<_>>()).to_string()
 }
 
 /// Serves the API and admin listeners until `shutdown` completes, then drains both.

@@ -453,3 +453,97 @@ async fn text_logs_to_a_file_carry_no_colour_codes_and_drops_are_a_metric() {
         "no ANSI escapes in a file: {logs:?}"
     );
 }
+
+/// Waits until `url` answers 200 (at most 5 s).
+async fn wait_ready(url: &str) {
+    let client = Http::new();
+    for _ in 0..100 {
+        let up = client.try_send(Method::GET, url, &[], None).await;
+        if up.is_ok_and(|r| r.status == 200) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{url} never answered 200");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reload_line_lists_changed_apps_and_clients_as_json_arrays() {
+    let emu = TestEmulator::demo().await;
+    let (api, admin) = (free_port(), free_port());
+    let mut raw = demo_config(&emu.base());
+    raw.server.listen = format!("127.0.0.1:{api}");
+    raw.server.admin_listen = format!("127.0.0.1:{admin}");
+    raw.server.shutdown_delay_ms = 0;
+    let dir = std::env::temp_dir().join(format!("imgate-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config_path = dir.join("imgate.toml");
+    std::fs::write(&config_path, toml::to_string(&raw).unwrap()).unwrap();
+    let log_path = dir.join("imgate.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_imgate"))
+        .args(["--log-format", "json", "serve", "--config"])
+        .arg(&config_path)
+        .env("RUST_LOG", "info")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let process = KillOnDrop(child);
+    wait_ready(&format!("http://127.0.0.1:{admin}/readyz")).await;
+
+    // One app and two clients change, one client goes, one comes.
+    raw.apps[0].token_expire_secs = Some(3_600);
+    raw.clients[0].name = "renamed".into();
+    raw.clients[1].key = Some("a-new-limited-key".into());
+    raw.clients.push(imgate::config::RawClient {
+        name: "newcomer".into(),
+        key: Some("newcomer-key-1".into()),
+        key_sha256: None,
+        apps: None,
+        rate_limit: None,
+    });
+    std::fs::write(&config_path, toml::to_string(&raw).unwrap()).unwrap();
+    let pid = process.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let metrics = format!("http://127.0.0.1:{admin}/metrics");
+    let mut reloaded = false;
+    for _ in 0..100 {
+        let text = Http::new()
+            .send(Method::GET, &metrics, &[], None)
+            .await
+            .text();
+        if text.contains(r#"imgate_config_reload_total{result="success"} 1"#) {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(reloaded, "the reload succeeded");
+    drop(process);
+
+    let mut logs = String::new();
+    std::fs::File::open(&log_path)
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let line = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["message"] == "configuration reloaded")
+        .unwrap_or_else(|| panic!("no reload line:\n{logs}"));
+    assert_eq!(line["apps_changed"], json!(["agora-demo"]), "{line}");
+    assert_eq!(line["apps_removed"], json!([]), "{line}");
+    assert_eq!(
+        line["clients_changed"],
+        json!(["renamed", "demo-limited", "newcomer"]),
+        "{line}"
+    );
+    assert_eq!(line["clients_removed"], json!(["demo"]), "{line}");
+    assert_no_secrets(&logs, &["a-new-limited-key", "newcomer-key-1"]);
+}
