@@ -15,7 +15,7 @@ use crate::error::GatewayError;
 use crate::gateway::{App, Gateway};
 use crate::metrics::Scope;
 use crate::route::Endpoint;
-use crate::upstream::{vendor_uri, UpstreamError, VendorResponse};
+use crate::upstream::{status_label, vendor_uri, UpstreamError, VendorResponse};
 
 /// The request-id header, sent on to the vendor.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -106,14 +106,12 @@ impl VendorCall {
     }
 
     fn record(&self, result: &Result<VendorResponse, UpstreamError>, seconds: f64) {
-        let status = match result {
-            Ok(response) => response.status.as_str(),
-            Err(UpstreamError::Timeout) => "timeout",
-            Err(_) => "error",
-        };
-        self.gateway
-            .metrics
-            .upstream(&self.app.name, self.endpoint.name(), status, seconds);
+        self.gateway.metrics.upstream(
+            &self.app.name,
+            self.endpoint.name(),
+            status_label(result),
+            seconds,
+        );
     }
 }
 

@@ -279,6 +279,11 @@ impl Metrics {
             success: self.token_refreshes.with_label_values(&[app, "success"]),
             error: self.token_refreshes.with_label_values(&[app, "error"]),
             expiry: self.token_expiry.with_label_values(&[app]),
+            fetches: self.upstream_requests.clone(),
+            fetch_duration: self
+                .upstream_duration
+                .with_label_values(&[app, Endpoint::Token.name()]),
+            app: app.to_owned(),
         }
     }
 

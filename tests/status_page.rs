@@ -149,11 +149,20 @@ async fn status_json_counts_requests_errors_cache_and_vendor_calls() {
     assert_eq!(cache["miss"], 1, "{cache}");
     assert_eq!(cache["entries"], 1, "{cache}");
 
+    // Easemob app tokens are fetched from the vendor: those calls count on the token row.
+    // Agora's are minted locally, with no vendor call.
+    let fetches = emu.requests("token").await;
+    assert!(fetches >= 1, "the Easemob app holds a fetched token");
+    let token_row = row(&s, "easemob-demo", "token");
+    assert_eq!(token_row["vendor_calls"], fetches, "{token_row}");
+    assert_eq!(token_row["requests"], 0, "no caller asked: {token_row}");
+    assert_eq!(row(&s, "agora-demo", "token")["vendor_calls"], 0);
+
     let totals = &s["totals"];
     assert_eq!(totals["requests"], 5, "{totals}");
     assert_eq!(totals["errors"], 1, "{totals}");
     assert_eq!(totals["client_errors"], 1, "{totals}");
-    assert_eq!(totals["vendor_calls"], 2, "{totals}");
+    assert_eq!(totals["vendor_calls"], 2 + fetches, "{totals}");
     assert_eq!(totals["vendor_throttled"], 1, "{totals}");
     assert_eq!(totals["cache"]["hit"], 2, "{totals}");
     assert_eq!(totals["rejected"]["vendor"], 0, "{totals}");

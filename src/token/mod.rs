@@ -23,14 +23,15 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Uri};
 use http_body_util::Full;
-use prometheus::{Gauge, IntCounter};
+use prometheus::{Gauge, Histogram, IntCounter, IntCounterVec};
 use rand::Rng;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
 use crate::config::Credentials;
-use crate::upstream::{vendor_uri, Upstream, UpstreamError};
+use crate::route::Endpoint;
+use crate::upstream::{status_label, vendor_uri, Upstream, UpstreamError};
 use crate::vendor;
 
 /// A token that never expires (Easemob `expires_in` 0) is still renewed this often.
@@ -72,6 +73,22 @@ pub struct TokenMetrics {
     pub error: IntCounter,
     /// `imgate_token_expiry_timestamp_seconds`.
     pub expiry: Gauge,
+    /// `imgate_upstream_requests_total{endpoint="token"}` of this app, by status: an Easemob
+    /// token fetch is a vendor call like any other.
+    pub fetches: IntCounterVec,
+    /// `imgate_upstream_request_duration_seconds{endpoint="token"}` of this app.
+    pub fetch_duration: Histogram,
+    /// The app's name (the `app` label of `fetches`).
+    pub app: String,
+}
+
+impl TokenMetrics {
+    fn fetched(&self, status: &str, seconds: f64) {
+        self.fetches
+            .with_label_values(&[self.app.as_str(), Endpoint::Token.name(), status])
+            .inc();
+        self.fetch_duration.observe(seconds);
+    }
 }
 
 /// Why no app token is available.
@@ -393,7 +410,10 @@ impl TokenSource {
             .body(Full::new(Bytes::from(body.to_string())))
             .map_err(|_| TokenError::Unusable)?;
         let requested_at = Instant::now();
-        let response = self.upstream.send(request).await?;
+        let result = self.upstream.send(request).await;
+        self.metrics
+            .fetched(status_label(&result), requested_at.elapsed().as_secs_f64());
+        let response = result?;
         let parsed: Value = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
         let rejected = |error: &str| TokenError::Rejected {
             status: response.status.as_u16(),
@@ -481,6 +501,13 @@ mod tests {
             success: IntCounter::new("s", "s").unwrap(),
             error: IntCounter::new("e", "e").unwrap(),
             expiry: Gauge::new("x", "x").unwrap(),
+            fetches: IntCounterVec::new(
+                prometheus::Opts::new("f", "f"),
+                &["app", "endpoint", "status"],
+            )
+            .unwrap(),
+            fetch_duration: Histogram::with_opts(prometheus::HistogramOpts::new("d", "d")).unwrap(),
+            app: "t".into(),
         };
         // Port 9 (discard) on loopback: nothing listens, so fetches fail fast.
         TokenSource::new(

@@ -31,6 +31,16 @@ pub enum UpstreamError {
     Failed(String),
 }
 
+/// The `status` label of a vendor call in `imgate_upstream_requests_total`: the vendor's status
+/// code, or the kind of failure.
+pub fn status_label(result: &Result<VendorResponse, UpstreamError>) -> &str {
+    match result {
+        Ok(response) => response.status.as_str(),
+        Err(UpstreamError::Timeout) => "timeout",
+        Err(_) => "error",
+    }
+}
+
 /// A buffered vendor response.
 #[derive(Debug)]
 pub struct VendorResponse {
