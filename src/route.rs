@@ -14,7 +14,8 @@ pub enum AppRef<'a> {
     Easemob { org: &'a str, app: &'a str },
 }
 
-/// The vendor endpoints that imgate and the emulator tell apart (vendor-api.md numbering).
+/// The vendor endpoints that imgate and the emulator tell apart (numbered as in
+/// docs/vendor-api.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Endpoint {
     /// `POST {prefix}/token`: client-credentials app token (Easemob).
@@ -33,7 +34,8 @@ pub enum Endpoint {
     PresenceUnsubscribe,
     /// 7. `GET users/{u}/presence/sublist`.
     PresenceSublist,
-    /// 8. `POST messages/users`.
+    /// 8. `POST messages/users`, or the legacy `POST messages` (then [`Route::param`] is
+    ///    [`LEGACY_SEND`]).
     MessagesSend,
     /// Anything else under an app prefix.
     Other,
@@ -81,6 +83,9 @@ impl Endpoint {
     }
 }
 
+/// The [`Route::param`] of a legacy message send, `POST {prefix}/messages`.
+pub const LEGACY_SEND: &str = "legacy";
+
 /// A classified request: which app, which endpoint, and the endpoint's path parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Route<'a> {
@@ -90,7 +95,8 @@ pub struct Route<'a> {
     pub endpoint: Endpoint,
     /// `{u}` / `{uid}` / `{owner_username}` for user endpoints, else empty.
     pub user: &'a str,
-    /// `{msg_id}`, `{resource}` or `{expiry}`, depending on the endpoint, else empty.
+    /// `{msg_id}`, `{resource}` or `{expiry}`, depending on the endpoint; [`LEGACY_SEND`] for
+    /// the legacy message send; else empty.
     pub param: &'a str,
     /// `{status}` of a presence set, else empty.
     pub status: &'a str,
@@ -141,6 +147,8 @@ fn match_suffix<'a>(app: AppRef<'a>, method: &Method, rest: &[&'a str]) -> Route
     match (method, rest) {
         (&Method::POST, ["token"]) => route(Endpoint::Token, "", "", ""),
         (&Method::POST, ["messages", "users"]) => route(Endpoint::MessagesSend, "", "", ""),
+        // The legacy Easemob send (`target_type`, `target`, `msg`), still used by older SDKs.
+        (&Method::POST, ["messages"]) => route(Endpoint::MessagesSend, "", LEGACY_SEND, ""),
         (&Method::GET, ["users", u, "offline_msg_count"]) if nonempty(u) => {
             route(Endpoint::OfflineMsgCount, u, "", "")
         }
@@ -240,6 +248,12 @@ mod tests {
             endpoint(Method::POST, "/app-id/x/messages/users"),
             Endpoint::MessagesSend
         );
+        let legacy = classify(&Method::POST, "/o/a/messages").unwrap();
+        assert_eq!(
+            (legacy.endpoint, legacy.param),
+            (Endpoint::MessagesSend, LEGACY_SEND)
+        );
+        assert_eq!(endpoint(Method::GET, "/o/a/messages"), Endpoint::Other);
     }
 
     #[test]

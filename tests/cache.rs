@@ -369,6 +369,25 @@ async fn writes_through_imgate_keep_the_cache_true() {
     )
     .await;
     assert_eq!(get(&count).await.json()["data"]["ann"], 1);
+    // So does the legacy send (`POST {prefix}/messages`) to users, but not to a group.
+    assert_eq!(x_cache(&get(&count).await), "HIT");
+    let legacy = post(
+        &format!("{base}/messages"),
+        r#"{"target_type":"users","target":["ann"],"msg":{"type":"txt","msg":"x"},"from":"z"}"#,
+    )
+    .await;
+    assert_eq!(legacy.json()["data"], json!({"ann": "success"}));
+    let counted = get(&count).await;
+    assert_eq!(
+        (x_cache(&counted), counted.json()["data"]["ann"].clone()),
+        ("MISS", json!(2))
+    );
+    post(
+        &format!("{base}/messages"),
+        r#"{"target_type":"chatgroups","target":["ann"],"msg":{"type":"txt","msg":"x"}}"#,
+    )
+    .await;
+    assert_eq!(x_cache(&get(&count).await), "HIT");
 
     // Coming online invalidates the count and undelivered statuses.
     let sent = post(

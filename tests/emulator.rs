@@ -290,6 +290,63 @@ async fn message_to_a_single_recipient_given_as_a_string_is_accepted() {
 }
 
 #[tokio::test]
+async fn legacy_send_to_users_answers_success_per_target_and_stores_offline_messages() {
+    let emu = TestEmulator::demo().await;
+    for_both(&emu, async |p| {
+        // The form ease-restapi sends: `from` may be null, `ext` an empty object.
+        let body = json!({"target_type": "users", "target": ["lee", "kim"],
+            "msg": {"type": "txt", "msg": "hello"}, "from": null, "ext": {}});
+        let data = envelope(
+            &p.post("/messages", &body.to_string()).await,
+            p,
+            "/messages",
+            "post",
+        );
+        assert_eq!(data, json!({"lee": "success", "kim": "success"}));
+        assert_eq!(p.offline_count("lee").await, json!(1));
+        assert_eq!(p.offline_count("kim").await, json!(1));
+        // Groups are not modelled: their sends succeed and store nothing for any user.
+        let to_group = json!({"target_type": "chatgroups", "target": ["lee"],
+            "msg": {"type": "txt", "msg": "hi"}, "from": "kim"});
+        let data = envelope(
+            &p.post("/messages", &to_group.to_string()).await,
+            p,
+            "/messages",
+            "post",
+        );
+        assert_eq!(data, json!({"lee": "success"}));
+        assert_eq!(p.offline_count("lee").await, json!(1));
+    })
+    .await;
+    assert_eq!(emu.requests("messages_users").await, 4);
+}
+
+#[tokio::test]
+async fn legacy_send_bodies_are_checked_as_the_vendor_does() {
+    let emu = TestEmulator::demo().await;
+    for_both(&emu, async |p| {
+        for body in [
+            json!({"target": ["a"], "msg": {"type": "txt", "msg": "x"}}),
+            json!({"target_type": "people", "target": ["a"], "msg": {"type": "txt"}}),
+            json!({"target_type": "users", "target": "a", "msg": {"type": "txt"}}),
+            json!({"target_type": "users", "target": [], "msg": {"type": "txt"}}),
+            json!({"target_type": "users", "target": ["a"], "msg": {"msg": "no type"}}),
+            // The new form's body is not the legacy one.
+            json!({"from": "a", "to": ["b"], "type": "txt", "body": {"msg": "hi"}}),
+        ] {
+            p.post("/messages", &body.to_string())
+                .await
+                .assert_error(400, "illegal_argument");
+        }
+        p.post("/messages", "not json")
+            .await
+            .assert_error(400, "json_parse");
+        assert_eq!(p.offline_count("a").await, json!(0));
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn message_to_an_offline_user_is_undelivered_until_a_device_comes_online() {
     let emu = TestEmulator::demo().await;
     for_both(&emu, async |p| {

@@ -1,9 +1,9 @@
-//! Writes that pass through imgate keep the cache true (DESIGN.md's table): a presence set
-//! invalidates that user's presence, and going online (status `1`) also the user's offline
-//! count and `undelivered` statuses, since that is when the vendor delivers stored messages; a
-//! subscription's answer refreshes the subscribed users' presence and invalidates the
-//! subscriber's list; an unsubscription invalidates it too; a message invalidates its
-//! recipients' offline counts.
+//! Writes that pass through imgate keep the cache true (docs/architecture.md, "The cache"): a
+//! presence set invalidates that user's presence, and going online (status `1`) also the user's
+//! offline count and `undelivered` statuses, since that is when the vendor delivers stored
+//! messages; a subscription's answer refreshes the subscribed users' presence and invalidates
+//! the subscriber's list; an unsubscription invalidates it too; a message (either send form)
+//! invalidates its recipients' offline counts.
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -61,14 +61,21 @@ fn without_expiry(entry: &[u8]) -> Option<Bytes> {
     serde_json::to_vec(&value).ok().map(Bytes::from)
 }
 
-/// The `to` of a message body: an array of users, or one user.
+/// The users a message body sends to: its `to` (an array of users, or one user), or in the
+/// legacy form its `target` when `target_type` is `users` (groups and rooms name no user).
 fn recipients(body: &[u8]) -> Vec<String> {
-    match serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|v| v.get("to").cloned())
-    {
-        Some(Value::String(one)) => vec![one],
-        Some(Value::Array(list)) => list
+    let Ok(mut body) = serde_json::from_slice::<Value>(body) else {
+        return Vec::new();
+    };
+    let legacy_to_users = body.get("target_type").and_then(Value::as_str) == Some("users");
+    let field = if body.get("to").is_some() || !legacy_to_users {
+        "to"
+    } else {
+        "target"
+    };
+    match body.get_mut(field).map_or(Value::Null, Value::take) {
+        Value::String(one) => vec![one],
+        Value::Array(list) => list
             .into_iter()
             .filter_map(|v| v.as_str().map(str::to_owned))
             .collect(),
@@ -95,5 +102,14 @@ mod tests {
         assert_eq!(recipients(br#"{"to":["a","b"]}"#), vec!["a", "b"]);
         assert_eq!(recipients(br#"{"to":"a"}"#), vec!["a"]);
         assert!(recipients(b"nope").is_empty());
+    }
+
+    #[test]
+    fn legacy_sends_name_their_users_but_not_their_groups() {
+        let to_users =
+            br#"{"target_type":"users","target":["a","b"],"msg":{"type":"txt","msg":"hi"}}"#;
+        assert_eq!(recipients(to_users), vec!["a", "b"]);
+        let to_groups = br#"{"target_type":"chatgroups","target":["g1"],"msg":{"type":"txt"}}"#;
+        assert!(recipients(to_groups).is_empty());
     }
 }

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use super::control::lock;
 use super::state::{AppData, SubscribeError};
 use super::{App, Emulator};
-use crate::route::{Endpoint, Route};
+use crate::route::{Endpoint, Route, LEGACY_SEND};
 use crate::server::{json_response, HttpResponse};
 use crate::vendor::{self, lenient_u64, VendorError};
 
@@ -125,6 +125,9 @@ pub(super) fn dispatch(
                 json!({"totalnum": total.to_string(), "sublist": items}),
             ))
         }
+        Endpoint::MessagesSend if route.param == LEGACY_SEND => {
+            send_legacy_message(emulator, app, &call)
+        }
         Endpoint::MessagesSend => send_message(emulator, app, &call),
         Endpoint::Token | Endpoint::Other => Err(VendorError::new(
             404,
@@ -165,6 +168,54 @@ fn send_message(
         let id = emulator.new_message_id();
         app_data.deliver(&user, &id);
         data.insert(user, Value::String(id));
+    }
+    drop(app_data);
+    Ok(envelope(call, "post", Value::Object(data)))
+}
+
+/// The legacy send, `POST {prefix}/messages`: `{"target_type":"users"|"chatgroups"|"chatrooms",
+/// "target":[…],"msg":{"type":…},"from":…,"ext":{…}}` (`from` and `ext` optional). Messages to
+/// users are stored like those of `messages/users`; groups and rooms are not modelled, so they
+/// only get their `success`. The answer maps each target to `"success"`.
+fn send_legacy_message(
+    emulator: &Emulator,
+    app: &App,
+    call: &Call<'_>,
+) -> Result<HttpResponse, VendorError> {
+    let body = parse_json(call.body)?;
+    let target_type = body.get("target_type").and_then(Value::as_str);
+    if !matches!(target_type, Some("users" | "chatgroups" | "chatrooms")) {
+        return Err(illegal(
+            "target_type must be users, chatgroups or chatrooms",
+        ));
+    }
+    let targets = body
+        .get("target")
+        .and_then(string_list)
+        .ok_or_else(|| illegal("target must be an array"))?;
+    if targets.is_empty() || targets.len() > MAX_RECIPIENTS {
+        return Err(illegal("target must name 1 to 600 receivers"));
+    }
+    if !body
+        .get("msg")
+        .and_then(|m| m.get("type"))
+        .is_some_and(Value::is_string)
+    {
+        return Err(illegal("msg.type is required"));
+    }
+    let to_users = target_type == Some("users");
+    if to_users {
+        for user in &targets {
+            app.check_user(user)?;
+        }
+    }
+    let mut data = serde_json::Map::new();
+    let mut app_data = lock(call.app_data);
+    for target in targets {
+        if to_users {
+            app_data.deliver(&target, &emulator.new_message_id());
+        }
+        data.insert(target, Value::from("success"));
     }
     drop(app_data);
     Ok(envelope(call, "post", Value::Object(data)))
