@@ -36,6 +36,12 @@ pub enum GatewayError {
     /// The token endpoint got wrong client credentials.
     #[error("client_id or client_secret does not match")]
     InvalidGrant,
+    /// The token endpoint was asked for another grant than client credentials (a user login).
+    #[error(
+        "imgate issues only client_credentials tokens (client_id: an imgate client's name, \
+         client_secret: its key); user logins (grant_type password) are not supported"
+    )]
+    UnsupportedGrant,
     /// A JSON endpoint got another content type.
     #[error("Unsupported Media Type")]
     UnsupportedMediaType,
@@ -92,7 +98,9 @@ impl GatewayError {
     pub fn status(&self) -> u16 {
         match self {
             GatewayError::NoRoute | GatewayError::UnknownApp => 404,
-            GatewayError::InvalidGrant | GatewayError::BadJson => 400,
+            GatewayError::InvalidGrant | GatewayError::UnsupportedGrant | GatewayError::BadJson => {
+                400
+            }
             GatewayError::UnsupportedMediaType => 415,
             GatewayError::Unauthenticated => 401,
             GatewayError::Forbidden | GatewayError::OtherNotForwarded => 403,
@@ -118,7 +126,7 @@ impl GatewayError {
             GatewayError::BodyTooLarge(_) => "imgate_body_too_large",
             GatewayError::BodyUnreadable => "imgate_bad_request",
             // The vendor's names, which vendor SDKs understand.
-            GatewayError::InvalidGrant => "invalid_grant",
+            GatewayError::InvalidGrant | GatewayError::UnsupportedGrant => "invalid_grant",
             GatewayError::UnsupportedMediaType => "web_application",
             GatewayError::BadJson => "json_parse",
             GatewayError::OtherNotForwarded => "imgate_endpoint_not_forwarded",
@@ -144,6 +152,7 @@ impl GatewayError {
             | GatewayError::BodyTooLarge(_)
             | GatewayError::BodyUnreadable
             | GatewayError::InvalidGrant
+            | GatewayError::UnsupportedGrant
             | GatewayError::UnsupportedMediaType
             | GatewayError::BadJson
             | GatewayError::RateLimited { .. }

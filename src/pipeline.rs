@@ -389,7 +389,7 @@ fn issue_client_token<'s>(
     let request: Value = serde_json::from_slice(body).map_err(|_| GatewayError::BadJson)?;
     let field = |name: &str| request.get(name).and_then(Value::as_str).unwrap_or("");
     if field("grant_type") != "client_credentials" {
-        return Err(GatewayError::InvalidGrant);
+        return Err(GatewayError::UnsupportedGrant);
     }
     let client = snapshot
         .clients

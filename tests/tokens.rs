@@ -310,6 +310,42 @@ async fn sdk_token(base: &str, client_id: &str, secret: &str, ttl: Option<u64>) 
 }
 
 #[tokio::test]
+async fn a_user_login_is_refused_saying_imgate_issues_only_client_credentials_tokens() {
+    let emu = TestEmulator::demo().await;
+    let gw = TestGateway::demo(&emu).await;
+    for base in [gw.agora(), gw.easemob()] {
+        // What vendor SDKs send to log a user (or an app admin) in.
+        let body = json!({"grant_type": "password", "username": "demo", "password": "demo-key"});
+        let refused = http(
+            Method::POST,
+            &format!("{base}/token"),
+            &[("content-type", "application/json")],
+            Some(&body.to_string()),
+        )
+        .await
+        .assert_error(400, "invalid_grant");
+        let description = refused["error_description"].as_str().unwrap();
+        assert!(
+            description.contains("only client_credentials tokens")
+                && description.contains("grant_type password"),
+            "{description}"
+        );
+        // Wrong client credentials still say so.
+        let wrong = sdk_token(&base, "demo", "not-the-key", None)
+            .await
+            .assert_error(400, "invalid_grant");
+        assert_eq!(
+            wrong["error_description"],
+            "client_id or client_secret does not match"
+        );
+    }
+    assert!(
+        emu.requests("token").await <= 1,
+        "nothing forwarded: at most imgate's own token fetch"
+    );
+}
+
+#[tokio::test]
 async fn a_vendor_sdk_logs_in_to_imgate_and_uses_every_endpoint() {
     let emu = TestEmulator::demo().await;
     let gw = TestGateway::demo(&emu).await;
