@@ -226,16 +226,9 @@ fn agora_token_lib() -> Result<PathBuf, String> {
 }
 
 #[test]
+#[ignore = "needs node and the npm package agora-token in .ci/node (.ci/run installs them)"]
 fn token_agora_tokens_verify_with_the_official_npm_library() {
-    let lib = match agora_token_lib() {
-        Ok(lib) => lib,
-        // CI installs the package, so there a missing one means the check silently stopped.
-        Err(why) if std::env::var("CI").as_deref() == Ok("true") => panic!("CI=true: {why}"),
-        Err(why) => {
-            eprintln!("skipped: npm cross-check of AccessToken2: {why}");
-            return;
-        }
-    };
+    let lib = agora_token_lib().unwrap_or_else(|why| panic!("{why}"));
 
     let mut rng = rand::thread_rng();
     let mut cases = Vec::new();
