@@ -365,6 +365,7 @@ if config is not None:
     need(grace >= sleep + drain + 1,
          f"terminationGracePeriodSeconds {grace} < preStop {sleep} s + shutdown delay and drain {drain} s + 1")
     print(f"drain: preStop sleep {sleep} s + drain_timeout {drain:g} s; terminationGracePeriodSeconds {grace} s")
+    need(config.get("log", {}).get("format") == "json", "the config's [log] format is not json")
 
 need(c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}, "readiness is not /readyz on admin")
 need(c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}, "liveness is not /healthz on admin")
@@ -402,6 +403,33 @@ for e in sm["spec"]["endpoints"]:
     need(e.get("port") in svc_ports, f"ServiceMonitor scrapes unknown service port {e.get('port')}")
     need(e.get("path") == "/metrics", "ServiceMonitor path is not /metrics")
     need(svc_ports.get(e.get("port"), {}).get("targetPort") == "admin", "metrics port is not the admin port")
+# The NetworkPolicy: it selects the pods, opens the API port, and the admin port only to the
+# monitoring namespace.
+netpol = load("networkpolicy.yaml")
+np_spec = netpol["spec"]
+need(all(labels.get(k) == v for k, v in np_spec["podSelector"]["matchLabels"].items()),
+     "NetworkPolicy selector misses the pods")
+need("Ingress" in np_spec.get("policyTypes", []), "NetworkPolicy does not govern ingress")
+admin_names = {"admin", ports.get("admin")}
+api_names = {"http", ports.get("http")}
+admin_from, api_open = [], False
+for rule in np_spec.get("ingress", []):
+    rule_ports = {p.get("port") for p in rule.get("ports", [])}
+    need(rule_ports, "a NetworkPolicy rule opens every port")
+    need(rule_ports <= admin_names | api_names, f"NetworkPolicy opens unknown ports {rule_ports}")
+    if rule_ports & api_names:
+        api_open = True
+    if rule_ports & admin_names:
+        admin_from.append(rule.get("from"))
+need(api_open, "NetworkPolicy does not open the API port")
+need(bool(admin_from), "NetworkPolicy does not open the admin port to monitoring")
+for peers in admin_from:
+    need(peers and all(set(peer) == {"namespaceSelector"}
+                       and peer["namespaceSelector"].get("matchLabels") == {"kubernetes.io/metadata.name": "monitoring"}
+                       for peer in peers),
+         f"the admin port is open beyond the monitoring namespace: {peers}")
+print(f"network policy: API port open, admin port from namespace monitoring only")
+
 for p in problems:
     print(p)
 print("manifests agree" if not problems else f"{len(problems)} problem(s)")
