@@ -1,5 +1,6 @@
-//! The command line (see the README's Commands): parses arguments, sets up logging and the runtime, and maps
-//! every outcome to an exit code: 0 ok, 2 bad configuration or arguments, 1 otherwise.
+//! The command line (the README's "Commands"): parses arguments, sets up logging and the
+//! runtime, and maps every outcome to an exit code: 0 ok, 2 bad configuration or arguments,
+//! 1 otherwise.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

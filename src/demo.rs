@@ -1,5 +1,6 @@
-//! `imgate demo`: the emulator and the gateway in one process, with the demo identities of
-//! DESIGN.md (the emulator's default configuration uses them too), and curl commands to paste.
+//! `imgate demo`: the emulator and the gateway in one process, with the demo identities (the
+//! README's "Try it"; the emulator's default configuration uses them too), and curl commands
+//! to paste.
 
 use std::net::SocketAddr;
 

@@ -44,8 +44,8 @@ pub struct App {
     quotas: Vec<VendorQuota>,
     throttled: Vec<IntCounter>,
     /// Cache results of this app per endpoint ([`Endpoint::index`]) and [`CacheStatus`]: the
-    /// status page's per-app hit ratio (the metric is labelled by endpoint only, as DESIGN.md
-    /// fixes it).
+    /// status page's per-app hit ratio (the metric is labelled by endpoint only, see
+    /// docs/metrics.md).
     cache_results: [[AtomicU64; 4]; Endpoint::ALL.len()],
 }
 

@@ -1,5 +1,6 @@
-//! Every metric of DESIGN.md's catalogue that this version records, defined in one place and
-//! registered in a registry that is passed in (no global registry: tests run side by side).
+//! Every metric of the catalogue (docs/metrics.md, with each metric's meaning), defined in one
+//! place and registered in a registry that is passed in (no global registry: tests run side by
+//! side).
 //!
 //! Label values are bounded: configured client and app names, endpoint names and status codes,
 //! with `-` where a request never got that far. Never a user id, key or token.

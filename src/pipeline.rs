@@ -1,4 +1,4 @@
-//! The request path, as named phases in a fixed order (DESIGN.md):
+//! The request path, as named phases in a fixed order (docs/architecture.md):
 //!
 //! 1. classify: method + path → app, endpoint, parameters (unknown app → 404)
 //! 2. authenticate: client key or imgate client token → client (401), may use the app (403);

@@ -1,8 +1,8 @@
 //! Accepting connections: one loop shared by the gateway, its admin listener and the emulator.
 //!
 //! HTTP/1.1 and h2c through hyper-util's auto builder, with the guards hyper lacks on its own
-//! (DESIGN.md): a first-byte timeout, a header-read timeout, a cap on concurrent connections,
-//! and a graceful drain on shutdown.
+//! (docs/architecture.md, "The listeners"): a first-byte timeout, a header-read timeout, a cap
+//! on concurrent connections, and a graceful drain on shutdown.
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -23,7 +23,7 @@
 //! - `vendor_throttled`: vendor answers 429 or 503 (`imgate_vendor_throttled_total`);
 //!   `rejected.vendor`: requests imgate refused itself to keep within the vendor's quota
 //!   (`imgate_ratelimit_rejected_total{scope="vendor"}`, not labelled by app).
-//! - `cache`: `imgate_cache_lookups_total` is labelled by endpoint only (as DESIGN.md fixes it),
+//! - `cache`: `imgate_cache_lookups_total` is labelled by endpoint only (docs/metrics.md),
 //!   so the top-level `cache` sums every app; an endpoint row's own `cache` comes from the
 //!   counts each app keeps itself, and is `null` while the endpoint saw no cached read.
 //! - `draining`: shutdown has begun (`/readyz` answers 503; the listeners close soon).

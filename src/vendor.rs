@@ -1,5 +1,6 @@
 //! What imgate knows about the vendors, in one place: their kinds, error bodies, envelopes,
-//! default quotas and limits (vendor-api.md). The gateway and the emulator both speak through it.
+//! default quotas and limits (docs/vendor-api.md). The gateway and the emulator both speak
+//! through it.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -1,5 +1,5 @@
 //! The emulator's TOML configuration: which apps exist, their credentials, known users, quotas
-//! and faults. Without a file the emulator serves the demo identities of DESIGN.md.
+//! and faults. Without a file the emulator serves the demo identities (docs/vendor-api.md).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -55,7 +55,7 @@ pub struct EmulatedApp {
     /// When set, only these users exist; others get 404 `service_resource_not_found`.
     #[serde(default)]
     pub users: Option<Vec<String>>,
-    /// Per-endpoint quotas in calls per second (endpoint names of DESIGN.md); others use the
+    /// Per-endpoint quotas in calls per second (by endpoint name, docs/metrics.md); others use the
     /// vendor's defaults. `0` disables the quota of that endpoint.
     #[serde(default)]
     pub quotas: BTreeMap<String, u32>,
@@ -112,7 +112,7 @@ impl Faults {
 }
 
 impl EmulatorConfig {
-    /// The demo identities of DESIGN.md: one Agora app and one Easemob app.
+    /// The demo identities: one Agora app and one Easemob app.
     pub fn demo() -> Self {
         let base = EmulatedApp {
             vendor: VendorKind::Agora,

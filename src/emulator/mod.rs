@@ -1,6 +1,6 @@
-//! A faithful in-memory fake of the vendor REST API (vendor-api.md) for tests, demos and
+//! A faithful in-memory fake of the vendor REST API (docs/vendor-api.md) for tests, demos and
 //! benchmarks: real state, real token checks, the vendor's quotas, fault injection, and a
-//! control API under `/__emulator/` (DESIGN.md).
+//! control API under `/__emulator/` (docs/vendor-api.md, "The emulator").
 //!
 //! A request goes: control API? → classify → count → faults → app → token endpoint or
 //! authenticate → quota → known user → [`api`] handler.

@@ -1,5 +1,5 @@
 //! The emulated vendor's data for one app: presence per device, offline messages, subscriptions.
-//! Pure logic with explicit clocks, so the rules of vendor-api.md are unit-tested here.
+//! Pure logic with explicit clocks, so the rules of docs/vendor-api.md are unit-tested here.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 

@@ -1,5 +1,5 @@
 //! Agora AccessToken2 ("007…") chat tokens: the one implementation that `imgate token agora`,
-//! the gateway's token source and the emulator's verifier share (layout in vendor-api.md).
+//! the gateway's token source and the emulator's verifier share (layout in docs/vendor-api.md).
 
 use std::io::{Read, Write};
 
