@@ -1,5 +1,6 @@
 //! Operations: the metrics catalogue on a live scrape (and `promtool check metrics`), trace
-//! context toward the vendor, JSON access logs, and a draining shutdown of `imgate serve`.
+//! context toward the vendor, JSON access logs, a draining shutdown of `imgate serve`, and the
+//! reload log line.
 
 mod common;
 
@@ -13,6 +14,7 @@ use common::{
     TestGateway, DEMO_AUTH,
 };
 use http::Method;
+use imgate::config::RawConfig;
 use imgate::emulator::EmulatorConfig;
 use serde_json::{json, Value};
 
@@ -243,52 +245,17 @@ async fn sigterm_drains_in_flight_requests_then_refuses_and_exits_0() {
         Some(r#"{"latency_ms":500}"#),
     )
     .await;
-    let (api, admin) = (free_port(), free_port());
     let mut raw = demo_config(&emu.base());
-    raw.server.listen = format!("127.0.0.1:{api}");
-    raw.server.admin_listen = format!("127.0.0.1:{admin}");
     raw.server.shutdown_delay_ms = DELAY_MS;
     raw.server.drain_timeout_ms = DRAIN_MS;
     raw.apps[0]
         .vendor_quotas
         .insert("offline_msg_count".into(), 1000);
-    let dir = std::env::temp_dir().join(format!("imgate-ops-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config_path = dir.join("imgate.toml");
-    std::fs::write(&config_path, toml::to_string(&raw).unwrap()).unwrap();
-    let log_path = dir.join("imgate.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_imgate"))
-        .args([
-            "--log-format",
-            "json",
-            "serve",
-            "--config",
-            config_path.to_str().unwrap(),
-        ])
-        .env("RUST_LOG", "info")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let mut process = KillOnDrop(child);
+    let mut served = Served::start("sigterm", "json", raw).await;
     let client = Http::new();
-    let readyz = format!("http://127.0.0.1:{admin}/readyz");
-    let mut ready = false;
-    for _ in 0..100 {
-        if client
-            .try_send(Method::GET, &readyz, &[], None)
-            .await
-            .is_ok_and(|r| r.status == 200)
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(ready, "imgate serve became ready");
+    let readyz = format!("http://127.0.0.1:{}/readyz", served.admin);
 
-    let base = agora_prefix(&format!("http://127.0.0.1:{api}"));
+    let base = agora_prefix(&format!("http://127.0.0.1:{}", served.api));
     let in_flight: Vec<_> = (0..50)
         .map(|i| {
             let url = format!("{base}/users/d{i}/offline_msg_count");
@@ -301,12 +268,7 @@ async fn sigterm_drains_in_flight_requests_then_refuses_and_exits_0() {
         .collect();
     tokio::time::sleep(Duration::from_millis(150)).await;
     let signalled = Instant::now();
-    let pid = process.0.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    served.signal("-TERM");
     tokio::time::sleep(Duration::from_millis(100)).await;
     let draining = client.send(Method::GET, &readyz, &[], None).await;
     assert_eq!(draining.status, 503, "readiness fails at once");
@@ -331,7 +293,7 @@ async fn sigterm_drains_in_flight_requests_then_refuses_and_exits_0() {
         "new connections are refused after the delay"
     );
     let status = loop {
-        if let Some(status) = process.0.try_wait().unwrap() {
+        if let Some(status) = served.process.0.try_wait().unwrap() {
             break status;
         }
         assert!(
@@ -342,12 +304,7 @@ async fn sigterm_drains_in_flight_requests_then_refuses_and_exits_0() {
     };
     assert_eq!(status.code(), Some(0));
 
-    let mut logs = String::new();
-    std::fs::File::open(&log_path)
-        .unwrap()
-        .read_to_string(&mut logs)
-        .unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
+    let logs = served.logs();
     let access: Vec<Value> = logs
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -386,41 +343,22 @@ async fn sigterm_drains_in_flight_requests_then_refuses_and_exits_0() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_logs_to_a_file_carry_no_colour_codes_and_drops_are_a_metric() {
     let emu = TestEmulator::demo().await;
-    let (api, admin) = (free_port(), free_port());
-    let mut raw = demo_config(&emu.base());
-    raw.server.listen = format!("127.0.0.1:{api}");
-    raw.server.admin_listen = format!("127.0.0.1:{admin}");
-    let dir = std::env::temp_dir().join(format!("imgate-ops-text-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config_path = dir.join("imgate.toml");
-    std::fs::write(&config_path, toml::to_string(&raw).unwrap()).unwrap();
-    let log_path = dir.join("imgate.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_imgate"))
-        .args(["--log-format", "text", "serve", "--config"])
-        .arg(&config_path)
-        .env("RUST_LOG", "info")
-        .stdout(log)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut process = KillOnDrop(child);
+    let mut served = Served::start("text", "text", demo_config(&emu.base())).await;
     let client = Http::new();
-    let metrics_url = format!("http://127.0.0.1:{admin}/metrics");
-    let mut scrape = None;
-    for _ in 0..100 {
-        if let Ok(resp) = client.try_send(Method::GET, &metrics_url, &[], None).await {
-            scrape = Some(resp.text());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let scrape = scrape.expect("imgate serve answered /metrics");
+    let scrape = client
+        .send(
+            Method::GET,
+            &format!("http://127.0.0.1:{}/metrics", served.admin),
+            &[],
+            None,
+        )
+        .await
+        .text();
     assert!(
         scrape.contains("imgate_log_lines_dropped_total 0"),
         "the dropped-lines counter is exported: {scrape}"
     );
-    let base = agora_prefix(&format!("http://127.0.0.1:{api}"));
+    let base = agora_prefix(&format!("http://127.0.0.1:{}", served.api));
     let resp = client
         .send(
             Method::GET,
@@ -430,19 +368,13 @@ async fn text_logs_to_a_file_carry_no_colour_codes_and_drops_are_a_metric() {
         )
         .await;
     assert_eq!(resp.status, 200);
-    let pid = process.0.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    served.signal("-TERM");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while process.0.try_wait().unwrap().is_none() {
+    while served.process.0.try_wait().unwrap().is_none() {
         assert!(Instant::now() < deadline, "exited after SIGTERM");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let logs = std::fs::read_to_string(&log_path).unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
+    let logs = served.logs();
     assert!(logs.contains("imgate serving"), "{logs}");
     assert!(
         logs.contains("imgate::access"),
@@ -454,43 +386,93 @@ async fn text_logs_to_a_file_carry_no_colour_codes_and_drops_are_a_metric() {
     );
 }
 
-/// Waits until `url` answers 200 (at most 5 s).
-async fn wait_ready(url: &str) {
-    let client = Http::new();
-    for _ in 0..100 {
-        let up = client.try_send(Method::GET, url, &[], None).await;
-        if up.is_ok_and(|r| r.status == 200) {
-            return;
+/// `imgate serve` in a child process, its configuration and log (stdout and stderr) in a folder
+/// of its own; killed, and the folder removed, when dropped.
+struct Served {
+    process: KillOnDrop,
+    dir: PathBuf,
+    /// The configuration it was started with (listeners on the ports below).
+    raw: RawConfig,
+    api: u16,
+    admin: u16,
+}
+
+impl Served {
+    /// Starts `imgate serve --log-format FORMAT` with `raw` on free loopback ports; returns
+    /// once it is ready.
+    async fn start(name: &str, format: &str, mut raw: RawConfig) -> Served {
+        let (api, admin) = (free_port(), free_port());
+        raw.server.listen = format!("127.0.0.1:{api}");
+        raw.server.admin_listen = format!("127.0.0.1:{admin}");
+        let dir = std::env::temp_dir().join(format!("imgate-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("imgate.toml"), toml::to_string(&raw).unwrap()).unwrap();
+        let log = std::fs::File::create(dir.join("imgate.log")).unwrap();
+        let served = Served {
+            process: KillOnDrop(
+                Command::new(env!("CARGO_BIN_EXE_imgate"))
+                    .args(["--log-format", format, "serve", "--config"])
+                    .arg(dir.join("imgate.toml"))
+                    .env("RUST_LOG", "info")
+                    .stdout(log.try_clone().unwrap())
+                    .stderr(log)
+                    .spawn()
+                    .unwrap(),
+            ),
+            dir,
+            raw,
+            api,
+            admin,
+        };
+        let readyz = format!("http://127.0.0.1:{admin}/readyz");
+        let client = Http::new();
+        for _ in 0..100 {
+            let up = client.try_send(Method::GET, &readyz, &[], None).await;
+            if up.is_ok_and(|r| r.status == 200) {
+                return served;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        panic!("imgate serve never became ready:\n{}", served.logs());
     }
-    panic!("{url} never answered 200");
+
+    fn write_config(&self, raw: &RawConfig) {
+        std::fs::write(self.dir.join("imgate.toml"), toml::to_string(raw).unwrap()).unwrap();
+    }
+
+    /// Sends a signal (`-TERM`, `-HUP`) with kill(1).
+    fn signal(&self, signal: &str) {
+        let pid = self.process.0.id().to_string();
+        assert!(Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+
+    /// What it has logged so far.
+    fn logs(&self) -> String {
+        let mut logs = String::new();
+        std::fs::File::open(self.dir.join("imgate.log"))
+            .and_then(|mut f| f.read_to_string(&mut logs))
+            .unwrap();
+        logs
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reload_line_lists_changed_apps_and_clients_as_json_arrays() {
     let emu = TestEmulator::demo().await;
-    let (api, admin) = (free_port(), free_port());
     let mut raw = demo_config(&emu.base());
-    raw.server.listen = format!("127.0.0.1:{api}");
-    raw.server.admin_listen = format!("127.0.0.1:{admin}");
     raw.server.shutdown_delay_ms = 0;
-    let dir = std::env::temp_dir().join(format!("imgate-reload-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config_path = dir.join("imgate.toml");
-    std::fs::write(&config_path, toml::to_string(&raw).unwrap()).unwrap();
-    let log_path = dir.join("imgate.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_imgate"))
-        .args(["--log-format", "json", "serve", "--config"])
-        .arg(&config_path)
-        .env("RUST_LOG", "info")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let process = KillOnDrop(child);
-    wait_ready(&format!("http://127.0.0.1:{admin}/readyz")).await;
+    let served = Served::start("reload", "json", raw.clone()).await;
+    raw.server = served.raw.server.clone();
 
     // One app and two clients change, one client goes, one comes.
     raw.apps[0].token_expire_secs = Some(3_600);
@@ -503,14 +485,9 @@ async fn the_reload_line_lists_changed_apps_and_clients_as_json_arrays() {
         apps: None,
         rate_limit: None,
     });
-    std::fs::write(&config_path, toml::to_string(&raw).unwrap()).unwrap();
-    let pid = process.0.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let metrics = format!("http://127.0.0.1:{admin}/metrics");
+    served.write_config(&raw);
+    served.signal("-HUP");
+    let metrics = format!("http://127.0.0.1:{}/metrics", served.admin);
     let mut reloaded = false;
     for _ in 0..100 {
         let text = Http::new()
@@ -524,14 +501,7 @@ async fn the_reload_line_lists_changed_apps_and_clients_as_json_arrays() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(reloaded, "the reload succeeded");
-    drop(process);
-
-    let mut logs = String::new();
-    std::fs::File::open(&log_path)
-        .unwrap()
-        .read_to_string(&mut logs)
-        .unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
+    let logs = served.logs();
     let line = logs
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
