@@ -10,6 +10,7 @@
 //! so changing a client's key invalidates its tokens.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -19,8 +20,10 @@ use http::header::{HeaderMap, AUTHORIZATION};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
+use crate::cluster::quota::LeasedLimit;
+use crate::cluster::Cluster;
 use crate::config::ClientSettings;
-use crate::limit::{LocalLimit, RateLimit};
+use crate::limit::{LocalLimit, Permits};
 
 /// Client tokens start with this, so they are never mistaken for keys.
 const CLIENT_TOKEN_PREFIX: &str = "imgt1.";
@@ -33,7 +36,7 @@ pub struct Client {
     /// The app indices it may use; `None` for all.
     allowed: Option<Vec<usize>>,
     /// Its quota on imgate; `None` for unlimited.
-    pub limit: Option<Box<dyn RateLimit>>,
+    pub limit: Option<Permits>,
 }
 
 impl std::fmt::Debug for Client {
@@ -63,8 +66,13 @@ pub struct Clients {
 }
 
 impl Clients {
-    /// Builds the lookup; `app_index` maps an app name to its index.
-    pub fn new(settings: &[ClientSettings], app_index: impl Fn(&str) -> Option<usize>) -> Clients {
+    /// Builds the lookup; `app_index` maps an app name to its index. With a `cluster`, each
+    /// client's quota holds for the whole fleet.
+    pub fn new(
+        settings: &[ClientSettings],
+        app_index: impl Fn(&str) -> Option<usize>,
+        cluster: Option<&Arc<Cluster>>,
+    ) -> Clients {
         let mut clients = Clients::default();
         for (i, c) in settings.iter().enumerate() {
             let allowed = c
@@ -75,9 +83,10 @@ impl Clients {
                 name: c.name.clone(),
                 key_sha256: c.key_sha256,
                 allowed,
-                limit: c
-                    .rate_limit
-                    .map(|policy| Box::new(LocalLimit::new(policy)) as Box<dyn RateLimit>),
+                limit: c.rate_limit.map(|policy| match cluster {
+                    Some(cluster) => Permits::Leased(LeasedLimit::new(cluster, &c.name, policy)),
+                    None => Permits::Local(LocalLimit::new(policy)),
+                }),
             });
             clients.by_name.insert(c.name.clone(), i);
         }
@@ -249,7 +258,11 @@ mod tests {
                 rate_limit: None,
             },
         ];
-        Clients::new(&settings, |name| ["a", "b"].iter().position(|n| *n == name))
+        Clients::new(
+            &settings,
+            |name| ["a", "b"].iter().position(|n| *n == name),
+            None,
+        )
     }
 
     fn headers(value: &str) -> HeaderMap {
@@ -339,6 +352,7 @@ mod tests {
                 rate_limit: None,
             }],
             |_| None,
+            None,
         );
         let h = headers(&format!("Bearer {token}"));
         assert!(rekeyed.authenticate(&h, &key, 1_000).is_none());

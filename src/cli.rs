@@ -12,8 +12,9 @@ use tokio::net::TcpListener;
 use crate::config::{ConfigErrors, LogFormat, RawConfig, Settings};
 use crate::demo::{self, DemoAddrs};
 use crate::emulator::{Emulator, EmulatorConfig};
-use crate::gateway::{Gateway, Listeners};
+use crate::gateway::Gateway;
 use crate::logging::{self, Logging};
+use crate::server::Listeners;
 use crate::token::agora::TokenSpec;
 use crate::vendor;
 
@@ -308,7 +309,8 @@ fn new_gateway(
             .register(Box::new(logging.dropped_lines()))
             .map_err(metrics_error)?;
     }
-    Gateway::new(settings, registry, config).map_err(metrics_error)
+    Gateway::new(settings, registry, config)
+        .map_err(|e| CliError::Runtime(format!("cannot start: {e}")))
 }
 
 fn agora_token(args: AgoraTokenArgs) -> Result<(), CliError> {

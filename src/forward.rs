@@ -90,7 +90,7 @@ impl VendorCall {
             ) {
                 // Over the vendor's limit after all (a misconfigured quota, or other callers of
                 // the same app): pause this endpoint, as long as the vendor asks if it says.
-                quota.throttled(retry_after(&response.headers));
+                quota.throttled(retry_after(&response.headers)).await;
                 self.app.throttled(self.endpoint).inc();
             } else {
                 quota.succeeded();

@@ -1,11 +1,10 @@
-//! The gateway's shared state ([`Gateway`]) and its one entry point, [`run`], which `main` and
-//! the integration tests both call with listeners they bound themselves.
+//! The gateway's shared state ([`Gateway`]); [`crate::server::run`] serves it (the state knows
+//! no request handlers).
 //!
 //! What a reload may change (apps, credentials, clients, limits) lives in a [`Snapshot`] that is
 //! swapped atomically: each request works with the snapshot it started with, so a reload never
 //! fails an in-flight request, and new app tokens are obtained before the swap.
 
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,19 +14,18 @@ use arc_swap::ArcSwap;
 use http::Uri;
 use prometheus::{IntCounter, Registry};
 use secrecy::ExposeSecret;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::auth::{ClientTokenKey, Clients};
 use crate::cache::{Cache, CacheStatus};
+use crate::cluster::quota::SharedQuota;
+use crate::cluster::{Cluster, ClusterError};
 use crate::config::{ConfigErrors, Credentials, RawConfig, Settings};
-use crate::limit::{VendorQuota, WaitPolicy};
+use crate::limit::{Permits, VendorQuota, WaitPolicy};
 use crate::metrics::Metrics;
 use crate::route::{AppRef, Endpoint};
-use crate::server::{self, ConnLimits};
+use crate::server::ConnLimits;
 use crate::token::{TokenError, TokenPolicy, TokenSource};
 use crate::upstream::Upstream;
-use crate::{admin, pipeline};
 
 /// One fronted vendor app.
 pub struct App {
@@ -157,6 +155,17 @@ pub enum ReloadError {
     },
 }
 
+/// Why a gateway could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Its metrics could not be registered.
+    #[error("cannot register metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// Its cluster handle could not be made.
+    #[error("cluster: {0}")]
+    Cluster(#[from] ClusterError),
+}
+
 /// The gateway: fixed parts (listeners' limits, the vendor client, metrics) and the current
 /// [`Snapshot`].
 pub struct Gateway {
@@ -173,19 +182,13 @@ pub struct Gateway {
     pub cache: Arc<Cache>,
     /// When the gateway was built (the status page's uptime).
     pub started: Instant,
+    /// The Redis shared with other replicas; `None`: one process on its own (fixed at start).
+    pub cluster: Option<Arc<Cluster>>,
     config_path: Option<PathBuf>,
     /// Used when the configuration names no signing key, so tokens survive reloads.
     process_token_key: Arc<ClientTokenKey>,
     current: ArcSwap<Snapshot>,
     reloading: tokio::sync::Mutex<()>,
-}
-
-/// The two listeners the gateway serves.
-pub struct Listeners {
-    /// The API listener that callers use.
-    pub api: TcpListener,
-    /// The admin listener (`/healthz`, `/readyz`, `/metrics`, `/admin/…`).
-    pub admin: TcpListener,
 }
 
 impl Gateway {
@@ -195,7 +198,12 @@ impl Gateway {
         settings: Settings,
         registry: Registry,
         config_path: Option<PathBuf>,
-    ) -> Result<Arc<Gateway>, prometheus::Error> {
+    ) -> Result<Arc<Gateway>, StartError> {
+        let cluster = settings
+            .cluster
+            .as_ref()
+            .map(|c| Cluster::new(c, &registry))
+            .transpose()?;
         let metrics = Metrics::new(registry)?;
         let upstream = Arc::new(Upstream::new(&settings.upstream));
         let conn_limits = settings.conn_limits.clone();
@@ -208,6 +216,7 @@ impl Gateway {
             metrics,
             cache: Arc::new(Cache::new(settings.cache.clone())),
             started: Instant::now(),
+            cluster,
             config_path,
             process_token_key,
             current: ArcSwap::from_pointee(Snapshot {
@@ -221,6 +230,9 @@ impl Gateway {
             }),
             reloading: tokio::sync::Mutex::new(()),
         });
+        if let Some(cluster) = &gateway.cluster {
+            cluster.start();
+        }
         let (snapshot, _) = gateway.build_snapshot(settings, &[]);
         gateway.current.store(Arc::new(snapshot));
         Ok(gateway)
@@ -229,6 +241,11 @@ impl Gateway {
     /// Whether shutdown has begun (readiness fails from then on).
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
+    }
+
+    /// Shutdown has begun: readiness fails from now on.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
     }
 
     /// The configuration in force now.
@@ -289,6 +306,28 @@ impl Gateway {
         Ok(())
     }
 
+    /// The vendor quotas of the app `name`, per endpoint: shared by the fleet in cluster mode.
+    fn vendor_quotas(
+        &self,
+        name: &str,
+        quotas: &[u32; Endpoint::ALL.len()],
+        wait: WaitPolicy,
+    ) -> Vec<VendorQuota> {
+        Endpoint::ALL
+            .iter()
+            .map(|endpoint| {
+                let quota = quotas[endpoint.index()];
+                match &self.cluster {
+                    Some(cluster) => VendorQuota::with(
+                        Permits::Shared(SharedQuota::new(cluster, name, *endpoint, quota)),
+                        wait,
+                    ),
+                    None => VendorQuota::new(quota, wait),
+                }
+            })
+            .collect()
+    }
+
     /// A snapshot of `settings`, keeping the apps of `running` that did not change; also
     /// returns the apps that are new (their token sources already started).
     fn build_snapshot(
@@ -322,17 +361,13 @@ impl Gateway {
                     .map(|e| self.metrics.vendor_throttled(&app.name, e.name()))
                     .collect();
                 let new = Arc::new(App {
+                    quotas: self.vendor_quotas(&app.name, &app.vendor_quotas, settings.vendor_wait),
                     name: app.name,
                     base: app.upstream,
                     tokens,
                     policy: policy.clone(),
                     quota_limits: app.vendor_quotas,
                     vendor_wait: settings.vendor_wait,
-                    quotas: app
-                        .vendor_quotas
-                        .iter()
-                        .map(|quota| VendorQuota::new(*quota, settings.vendor_wait))
-                        .collect(),
                     throttled,
                     cache_results: std::array::from_fn(|_| {
                         std::array::from_fn(|_| AtomicU64::new(0))
@@ -342,9 +377,11 @@ impl Gateway {
                 new
             })
             .collect();
-        let clients = Clients::new(&settings.clients, |name| {
-            apps.iter().position(|a| a.name == name)
-        });
+        let clients = Clients::new(
+            &settings.clients,
+            |name| apps.iter().position(|a| a.name == name),
+            self.cluster.as_ref(),
+        );
         let client_tokens = match &settings.client_token_key {
             Some(key) => Arc::new(ClientTokenKey::new(Some(key))),
             None => self.process_token_key.clone(),
@@ -367,45 +404,4 @@ impl Gateway {
 /// Names as a JSON array, for log fields (JSON logs carry it as an array).
 fn json_list<'a>(names: impl Iterator<Item = &'a str>) -> String {
     serde_json::Value::from(names.collect::<Vec<_>>()).to_string()
-}
-
-/// Serves the API and admin listeners until `shutdown` completes, then drains both.
-pub async fn run(listeners: Listeners, gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>) {
-    let (stop, stopped) = watch::channel(false);
-    let signal = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-    let api_gateway = gateway.clone();
-    let api = server::serve(
-        listeners.api,
-        gateway.conn_limits.clone(),
-        move |req, _peer| {
-            let gateway = api_gateway.clone();
-            async move { Ok(pipeline::handle(&gateway, req).await) }
-        },
-        signal(stopped.clone()),
-    );
-    let admin_gateway = gateway.clone();
-    let admin = server::serve(
-        listeners.admin,
-        gateway.conn_limits.clone(),
-        move |req, _peer| {
-            let gateway = admin_gateway.clone();
-            async move { Ok(admin::handle(&gateway, req).await) }
-        },
-        signal(stopped),
-    );
-    let trigger = async move {
-        shutdown.await;
-        // Readiness fails at once; the listeners keep serving until load balancers notice.
-        gateway.draining.store(true, Ordering::Release);
-        tracing::info!(
-            delay_ms = gateway.shutdown_delay.as_millis() as u64,
-            drain_timeout_ms = gateway.conn_limits.drain_timeout.as_millis() as u64,
-            "shutting down: not ready; listeners close after the delay, then in-flight requests drain"
-        );
-        tokio::time::sleep(gateway.shutdown_delay).await;
-        let _ = stop.send(true);
-    };
-    tokio::join!(api, admin, trigger);
 }

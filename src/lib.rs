@@ -2,7 +2,7 @@
 //!
 //! Layout:
 //! - [`cli`]: the command line (`serve`, `demo`, `emulator`, `check-config`, `token`).
-//! - [`gateway`]: the shared state and [`run`], the one entry point of `main` and the tests.
+//! - [`gateway`]: the shared state: configuration snapshot, apps and their quotas, metrics.
 //! - [`pipeline`]: the request path, phase by phase (classify → authenticate → … → respond).
 //! - [`route`]: method + path → app, [`route::Endpoint`] and path parameters.
 //! - [`vendor`]: what differs between and is known about the vendors: kinds, error bodies, quotas.
@@ -17,7 +17,9 @@
 //!   and JSON lines whose list fields are arrays.
 //! - [`trace`]: W3C trace context carried on to the vendor and into the access log.
 //! - [`token`]: app tokens (Agora AccessToken2 minted locally, Easemob client credentials).
-//! - [`server`]: the accept loop shared by every listener, with connection guards.
+//! - [`server`]: the accept loop shared by every listener, with connection guards, and [`run`],
+//!   the one entry point of `main` and the tests.
+//! - [`cluster`]: several replicas on one Redis: shared quotas, membership, degraded mode.
 //! - [`status`]: the status page on the admin listener (`/` and `/status.json`).
 //! - [`emulator`]: a faithful in-memory fake of the vendor API for tests, demos and benchmarks.
 //! - [`demo`]: the demo identities and the one-process demo.
@@ -28,6 +30,7 @@ pub mod admin;
 pub mod auth;
 pub mod cache;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod emulator;
@@ -46,4 +49,5 @@ pub mod trace;
 pub mod upstream;
 pub mod vendor;
 
-pub use gateway::{run, Gateway, Listeners};
+pub use gateway::Gateway;
+pub use server::{run, Listeners};

@@ -1,8 +1,8 @@
 //! Rate limits (governor): each client's own quota on imgate, and the vendor's per-app,
 //! per-endpoint quota that the whole fleet shares.
 //!
-//! Both sit behind [`RateLimit`], a permit source that a shared backend (Redis, for several
-//! replicas) can implement later without touching the request path.
+//! Both take their permits from [`Permits`]: this process's memory, or, in cluster mode, the
+//! fleet's buckets in Redis ([`crate::cluster::quota`]), without the request path knowing which.
 //!
 //! The vendor does not document its window, so imgate takes the strictest reading: never more
 //! than the quota in any one-second window. A token bucket of rate `r` and burst `b` lets at most
@@ -19,6 +19,8 @@ use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use tokio::sync::Semaphore;
+
+use crate::cluster::quota::{LeasedLimit, SharedQuota};
 
 /// A rate: permits per second, and how many may be taken at once after an idle period.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,15 +57,37 @@ pub enum Permit {
     },
 }
 
-/// A source of permits.
-pub trait RateLimit: Send + Sync {
-    /// Takes one permit now, or says when one will be free.
-    fn try_acquire(&self) -> Permit;
-    /// The rate it enforces.
-    fn policy(&self) -> LimitPolicy;
+/// Where a quota's permits come from.
+pub enum Permits {
+    /// This process's memory: one process on its own.
+    Local(LocalLimit),
+    /// Every permit decided in Redis for the fleet (the vendor's quota).
+    Shared(SharedQuota),
+    /// Permits leased from the fleet's bucket a few at a time, spent locally (a caller's quota).
+    Leased(LeasedLimit),
 }
 
-/// A [`RateLimit`] in this process's memory (governor's GCRA).
+impl Permits {
+    /// Takes one permit now, or says when one will be free.
+    pub async fn try_acquire(&self) -> Permit {
+        match self {
+            Permits::Local(limit) => limit.try_acquire(),
+            Permits::Shared(quota) => quota.try_acquire().await,
+            Permits::Leased(limit) => limit.try_acquire().await,
+        }
+    }
+
+    /// The rate it enforces (the fleet's, in cluster mode).
+    pub fn policy(&self) -> LimitPolicy {
+        match self {
+            Permits::Local(limit) => limit.policy(),
+            Permits::Shared(quota) => quota.policy(),
+            Permits::Leased(limit) => limit.policy(),
+        }
+    }
+}
+
+/// A quota in this process's memory (governor's GCRA).
 pub struct LocalLimit {
     limiter: RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>,
     clock: DefaultClock,
@@ -83,10 +107,18 @@ impl LocalLimit {
             policy,
         }
     }
-}
 
-impl RateLimit for LocalLimit {
-    fn try_acquire(&self) -> Permit {
+    /// A limit enforcing `policy` whose burst is already spent (it grants at its rate only).
+    pub fn drained(policy: LimitPolicy) -> LocalLimit {
+        let limit = LocalLimit::new(policy);
+        if let Some(burst) = NonZeroU32::new(policy.burst) {
+            let _ = limit.limiter.check_n(burst);
+        }
+        limit
+    }
+
+    /// Takes one permit now, or says when one will be free.
+    pub fn try_acquire(&self) -> Permit {
         match self.limiter.check() {
             Ok(state) => Permit::Granted {
                 remaining: state.remaining_burst_capacity(),
@@ -97,7 +129,8 @@ impl RateLimit for LocalLimit {
         }
     }
 
-    fn policy(&self) -> LimitPolicy {
+    /// The rate it enforces.
+    pub fn policy(&self) -> LimitPolicy {
         self.policy
     }
 }
@@ -121,7 +154,7 @@ const PAUSE_MAX: Duration = Duration::from_secs(5);
 /// The vendor's quota of one (app, endpoint): permits, a bounded wait for them, and a pause
 /// when the vendor says it is over its limit anyway.
 pub struct VendorQuota {
-    limit: Box<dyn RateLimit>,
+    limit: Permits,
     wait: WaitPolicy,
     waiters: Semaphore,
     pause: Mutex<Pause>,
@@ -155,10 +188,18 @@ pub struct QuotaExhausted {
 }
 
 impl VendorQuota {
-    /// A quota of `quota` calls in any one second.
+    /// A quota of `quota` calls in any one second, in this process.
     pub fn new(quota: u32, wait: WaitPolicy) -> VendorQuota {
+        VendorQuota::with(
+            Permits::Local(LocalLimit::new(LimitPolicy::within_each_second(quota))),
+            wait,
+        )
+    }
+
+    /// A quota whose permits come from `limit`.
+    pub fn with(limit: Permits, wait: WaitPolicy) -> VendorQuota {
         VendorQuota {
-            limit: Box::new(LocalLimit::new(LimitPolicy::within_each_second(quota))),
+            limit,
             wait,
             waiters: Semaphore::new(wait.max_waiters),
             pause: Mutex::new(Pause::default()),
@@ -180,7 +221,7 @@ impl VendorQuota {
             }
             let wait_for = match self.hold(now) {
                 Some(wait) => wait,
-                None => match self.limit.try_acquire() {
+                None => match self.limit.try_acquire().await {
                     Permit::Granted { .. } => return Ok(now - started),
                     Permit::Denied { retry_after } => {
                         self.lock().probe_until = None;
@@ -209,19 +250,26 @@ impl VendorQuota {
         }
     }
 
-    /// The vendor answered 429 or 503: no calls for `retry_after`, or for an adaptive pause.
-    pub fn throttled(&self, retry_after: Option<Duration>) {
-        let mut pause = self.lock();
-        let length = retry_after.unwrap_or_else(|| {
-            let next = pause.next.unwrap_or(PAUSE_MIN);
-            pause.next = Some((next * 2).min(PAUSE_MAX));
-            next
-        });
-        let now = Instant::now();
-        pause.last_throttle = Some(now);
-        pause.probe_until = None;
-        let until = now + length;
-        pause.until = Some(pause.until.map_or(until, |current| current.max(until)));
+    /// The vendor answered 429 or 503: no calls for `retry_after`, or for an adaptive pause
+    /// (in cluster mode, on every replica).
+    pub async fn throttled(&self, retry_after: Option<Duration>) {
+        let length = {
+            let mut pause = self.lock();
+            let length = retry_after.unwrap_or_else(|| {
+                let next = pause.next.unwrap_or(PAUSE_MIN);
+                pause.next = Some((next * 2).min(PAUSE_MAX));
+                next
+            });
+            let now = Instant::now();
+            pause.last_throttle = Some(now);
+            pause.probe_until = None;
+            let until = now + length;
+            pause.until = Some(pause.until.map_or(until, |current| current.max(until)));
+            length
+        };
+        if let Permits::Shared(shared) = &self.limit {
+            shared.pause(length).await;
+        }
     }
 
     /// The vendor answered normally: after a quiet spell the adaptive pause starts small again.
@@ -348,11 +396,11 @@ mod tests {
     #[tokio::test]
     async fn a_throttled_quota_pauses_and_backs_off() {
         let q = quota(100, 50, 10);
-        q.throttled(Some(Duration::from_secs(2)));
+        q.throttled(Some(Duration::from_secs(2))).await;
         let refused = q.acquire().await.unwrap_err();
         assert!(refused.retry_after > Duration::from_secs(1));
         let q = quota(100, 500, 10);
-        q.throttled(None);
+        q.throttled(None).await;
         let waited = q.acquire().await.unwrap();
         assert!(waited >= Duration::from_millis(90), "{waited:?}");
         // Recovering: the next call waits for the probe (the call above) to report back.

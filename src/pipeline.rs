@@ -185,7 +185,7 @@ async fn process<'s>(
     // 3. limit (client)
     if let Some(limit) = &client.limit {
         let policy = limit.policy();
-        match limit.try_acquire() {
+        match limit.try_acquire().await {
             Permit::Granted { remaining } => trace.rate = Some((policy, remaining, 0)),
             Permit::Denied { retry_after } => {
                 trace.rate = Some((policy, 0, retry_after_secs(retry_after)));

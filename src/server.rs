@@ -1,4 +1,5 @@
-//! Accepting connections: one loop shared by the gateway, its admin listener and the emulator.
+//! Accepting connections: one loop shared by the gateway, its admin listener and the emulator;
+//! and [`run`], which wires the gateway's two listeners to their handlers.
 //!
 //! HTTP/1.1 and h2c through hyper-util's auto builder, with the guards hyper lacks on its own
 //! (docs/architecture.md, "The listeners"): a first-byte timeout, a header-read timeout, a cap
@@ -18,7 +19,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
+
+use crate::gateway::Gateway;
+use crate::{admin, pipeline};
 
 /// The response type of every handler: bodies are small JSON documents, fully buffered.
 pub type HttpResponse = Response<Full<Bytes>>;
@@ -129,6 +133,60 @@ async fn first_byte_arrives(stream: &TcpStream, timeout: Duration) -> bool {
         tokio::time::timeout(timeout, stream.peek(&mut byte)).await,
         Ok(Ok(n)) if n > 0
     )
+}
+
+/// The two listeners the gateway serves.
+pub struct Listeners {
+    /// The API listener that callers use.
+    pub api: TcpListener,
+    /// The admin listener (`/healthz`, `/readyz`, `/metrics`, `/admin/…`).
+    pub admin: TcpListener,
+}
+
+/// Serves the API and admin listeners until `shutdown` completes, then drains both.
+pub async fn run(listeners: Listeners, gateway: Arc<Gateway>, shutdown: impl Future<Output = ()>) {
+    let (stop, stopped) = watch::channel(false);
+    let signal = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let api_gateway = gateway.clone();
+    let api = serve(
+        listeners.api,
+        gateway.conn_limits.clone(),
+        move |req, _peer| {
+            let gateway = api_gateway.clone();
+            async move { Ok(pipeline::handle(&gateway, req).await) }
+        },
+        signal(stopped.clone()),
+    );
+    let admin_gateway = gateway.clone();
+    let admin = serve(
+        listeners.admin,
+        gateway.conn_limits.clone(),
+        move |req, _peer| {
+            let gateway = admin_gateway.clone();
+            async move { Ok(admin::handle(&gateway, req).await) }
+        },
+        signal(stopped),
+    );
+    let draining = gateway.clone();
+    let trigger = async move {
+        shutdown.await;
+        // Readiness fails at once; the listeners keep serving until load balancers notice.
+        draining.start_draining();
+        tracing::info!(
+            delay_ms = draining.shutdown_delay.as_millis() as u64,
+            drain_timeout_ms = draining.conn_limits.drain_timeout.as_millis() as u64,
+            "shutting down: not ready; listeners close after the delay, then in-flight requests drain"
+        );
+        tokio::time::sleep(draining.shutdown_delay).await;
+        let _ = stop.send(true);
+    };
+    tokio::join!(api, admin, trigger);
+    if let Some(cluster) = &gateway.cluster {
+        // The other replicas' shares grow at once rather than when this entry expires.
+        cluster.leave().await;
+    }
 }
 
 /// A response with a JSON body.

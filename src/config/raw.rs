@@ -6,6 +6,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::{bad, ConfigError};
+use crate::cluster::RawCluster;
 use crate::token::TokenPolicy;
 use crate::vendor::{self, VendorKind};
 
@@ -43,6 +44,9 @@ pub struct RawConfig {
     /// The backend services allowed to call imgate.
     #[serde(default)]
     pub clients: Vec<RawClient>,
+    /// Several replicas sharing one Redis (absent: one process on its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<RawCluster>,
 }
 
 /// `[server]`.

@@ -25,6 +25,7 @@ impl RawConfig {
         for client in &mut masked.clients {
             mask(&mut client.key);
         }
+        masked.cluster = masked.cluster.map(|c| c.masked(MASK));
         toml::to_string_pretty(&masked).unwrap_or_else(|e| format!("# cannot print: {e}\n"))
     }
 }

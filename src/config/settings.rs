@@ -8,6 +8,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::LogFormat;
 use crate::cache::CacheSettings;
+use crate::cluster::ClusterSettings;
 use crate::limit::{LimitPolicy, WaitPolicy};
 use crate::route::Endpoint;
 use crate::server::ConnLimits;
@@ -51,6 +52,8 @@ pub struct Settings {
     pub clients: Vec<ClientSettings>,
     /// What works but is risky in production (`check-config` prints them, `serve` logs them).
     pub warnings: Vec<super::ConfigError>,
+    /// The shared Redis of several replicas (`None`: one process on its own).
+    pub cluster: Option<ClusterSettings>,
 }
 
 /// Typed `[upstream]`.

@@ -80,6 +80,11 @@ impl RawConfig {
             found.positive("client_tokens.ttl_secs", self.client_tokens.ttl_secs);
         let cache = validate_cache(&self.cache, &mut found);
         let max_waiters = found.positive("limits.max_waiters", self.limits.max_waiters as u64);
+        // `None`: an error; `Some(None)`: no [cluster].
+        let cluster = match &self.cluster {
+            None => Some(None),
+            Some(cluster) => found.take(cluster.validate()).map(Some),
+        };
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             found.error(
                 "log.level",
@@ -112,6 +117,7 @@ impl RawConfig {
                 admin_key: admin_key?,
                 apps: apps?,
                 clients: clients?,
+                cluster: cluster?,
                 warnings,
             })
         })();

@@ -18,6 +18,8 @@ use imgate::demo;
 use imgate::emulator::{Emulator, EmulatorConfig};
 use imgate::token::agora::TokenSpec;
 
+pub mod redis;
+
 /// A running emulator; stops when dropped.
 pub struct TestEmulator {
     pub addr: SocketAddr,
