@@ -275,6 +275,20 @@ fn app_json(app: &App, gathered: &Gathered) -> Value {
     })
 }
 
+/// Cluster mode: `single` (no `[cluster]`), `shared` (Redis answers) or `degraded` (this
+/// replica enforces its share of each quota until Redis answers again).
+fn cluster_json(gateway: &Gateway) -> Value {
+    match &gateway.cluster {
+        None => json!({"mode": "single"}),
+        Some(cluster) => json!({
+            "mode": if cluster.is_up() { "shared" } else { "degraded" },
+            "redis_up": cluster.is_up(),
+            "replicas": cluster.replicas(),
+            "replica_id": cluster.id(),
+        }),
+    }
+}
+
 /// The status snapshot of `gateway` now.
 pub async fn snapshot(gateway: &Gateway) -> Value {
     // As on a scrape of /metrics: entry counts are read when asked for.
@@ -313,6 +327,7 @@ pub async fn snapshot(gateway: &Gateway) -> Value {
         "version": VERSION,
         "uptime_secs": (uptime * 1000.0).round() / 1000.0,
         "draining": gateway.is_draining(),
+        "cluster": cluster_json(gateway),
         "totals": {
             "requests": t.requests,
             "errors": t.errors,
