@@ -687,6 +687,50 @@ async fn the_cluster_metrics_of_the_catalogue_are_exported() {
     assert!(!text.contains(&redis.url()));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_hits_spend_leased_permits_without_a_redis_round_trip_each() {
+    let _serial = SERIAL.lock().await;
+    let redis = TestRedis::start();
+    let emu = TestEmulator::demo().await;
+    let mut raw = clustered(demo_config(&emu.base()), &redis);
+    // 400/s: leases of 20 permits.
+    raw.clients.push(imgate::config::RawClient {
+        name: "bulk".into(),
+        key: Some("bulk-key".into()),
+        key_sha256: None,
+        apps: None,
+        rate_limit: Some(imgate::config::RawRate {
+            per_second: 400,
+            burst: Some(400),
+        }),
+    });
+    let gw = TestGateway::start(raw).await;
+    let up = || metric(gw.admin, "imgate_cluster_redis_up");
+    assert!(eventually(Duration::from_secs(3), || async { up().await == Some(1.0) }).await);
+    let url = format!("{}/users/hot/offline_msg_count", gw.agora());
+    let client = Http::new();
+    for _ in 0..100 {
+        let resp = client
+            .send(
+                Method::GET,
+                &url,
+                &[("authorization", "Bearer bulk-key")],
+                None,
+            )
+            .await;
+        assert_eq!(resp.status, 200, "{}", resp.text());
+    }
+    let leases = sample(
+        &gw.metrics().await,
+        "imgate_cluster_redis_duration_seconds_count{operation=\"client_lease\"}",
+    )
+    .unwrap();
+    assert!(
+        (5.0..=8.0).contains(&leases),
+        "{leases} leases for 100 requests"
+    );
+}
+
 #[test]
 fn check_config_refuses_a_malformed_redis_url_naming_the_field() {
     let dir = std::env::temp_dir().join(format!("imgate-cluster-{}-check", std::process::id()));
