@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::auth::{bearer, digests_equal};
 use crate::cache::Kind;
-use crate::gateway::{Gateway, Snapshot};
+use crate::gateway::{App, Gateway, Snapshot};
 use crate::route::Endpoint;
 use crate::server::{json_response, HttpResponse};
 use crate::status;
@@ -89,11 +89,8 @@ fn refusal(snapshot: &Snapshot, req: &Request<Incoming>) -> Option<HttpResponse>
 
 /// `POST /admin/tokens/rotate[?app=NAME]`: a new token now, for one app or all.
 async fn rotate(snapshot: &Snapshot, query: Option<&str>) -> HttpResponse {
-    let wanted = query
-        .unwrap_or("")
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("app="));
-    let apps: Vec<_> = match wanted {
+    let wanted = param(query, "app");
+    let apps: Vec<_> = match wanted.as_deref() {
         Some(name) => match snapshot.app_named(name) {
             Some(app) => vec![app.clone()],
             None => return error(404, "imgate_unknown_app", &format!("no app named {name:?}")),
@@ -116,21 +113,18 @@ async fn rotate(snapshot: &Snapshot, query: Option<&str>) -> HttpResponse {
 /// `POST /admin/cache/purge[?app=NAME][&endpoint=NAME][&user=ID]`: drops what matches all
 /// the given filters (everything without any).
 async fn purge(gateway: &Gateway, snapshot: &Snapshot, query: Option<&str>) -> HttpResponse {
-    let param = |name: &str| {
-        query
-            .unwrap_or("")
-            .split('&')
-            .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
-            .filter(|v| !v.is_empty())
+    let given = |name: &str| param(query, name).filter(|v| !v.is_empty());
+    let (app_param, endpoint_param, user_param) = (given("app"), given("endpoint"), given("user"));
+    let apps: Vec<&App> = match app_param.as_deref() {
+        Some(name) => match snapshot.app_named(name) {
+            Some(app) => vec![app],
+            None => return error(404, "imgate_unknown_app", &format!("no app named {name:?}")),
+        },
+        None => snapshot.apps.iter().map(|a| &**a).collect(),
     };
-    let apps: Vec<&str> = match param("app") {
-        Some(name) if snapshot.app_named(name).is_none() => {
-            return error(404, "imgate_unknown_app", &format!("no app named {name:?}"))
-        }
-        Some(name) => vec![name],
-        None => snapshot.apps.iter().map(|a| a.name.as_str()).collect(),
-    };
-    let kinds: Vec<Kind> = match param("endpoint") {
+    let keys: Vec<&str> = apps.iter().map(|a| a.key.as_str()).collect();
+    let names: Vec<&str> = apps.iter().map(|a| a.name.as_str()).collect();
+    let kinds: Vec<Kind> = match endpoint_param.as_deref() {
         Some(name) => match Endpoint::from_name(name).and_then(Kind::cached_by) {
             Some(kind) => vec![kind],
             None => {
@@ -141,23 +135,30 @@ async fn purge(gateway: &Gateway, snapshot: &Snapshot, query: Option<&str>) -> H
         None => Kind::ALL.to_vec(),
     };
     let cache = &gateway.cache;
-    match param("user") {
+    match user_param.as_deref() {
         Some(user) => {
-            for app in &apps {
+            for key in &keys {
                 for kind in &kinds {
-                    cache.invalidate(*kind, app, user).await;
+                    cache.invalidate(*kind, key, user).await;
                 }
             }
         }
-        None if param("app").is_none() && param("endpoint").is_none() => cache.purge_all(),
+        None if app_param.is_none() && endpoint_param.is_none() => cache.purge_all(),
         None => {
             for kind in &kinds {
-                cache.purge_apps(*kind, &apps).await;
+                cache.purge_apps(*kind, &keys).await;
             }
         }
     }
-    let body = json!({"purged": {"apps": apps, "endpoints": kinds.iter().map(|k| k.name()).collect::<Vec<_>>(), "user": param("user")}});
+    let body = json!({"purged": {"apps": names, "endpoints": kinds.iter().map(|k| k.name()).collect::<Vec<_>>(), "user": user_param}});
     json_response(200, Bytes::from(body.to_string()))
+}
+
+/// The first value of the query parameter `name`, decoded.
+fn param(query: Option<&str>, name: &str) -> Option<String> {
+    form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.into_owned())
 }
 
 fn error(status: u16, name: &str, description: &str) -> HttpResponse {

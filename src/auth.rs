@@ -10,8 +10,10 @@
 //! so changing a client's key invalidates its tokens.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -19,11 +21,13 @@ use hmac::{Hmac, Mac};
 use http::header::{HeaderMap, AUTHORIZATION};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use crate::cluster::quota::LeasedLimit;
 use crate::cluster::Cluster;
 use crate::config::ClientSettings;
 use crate::limit::{LocalLimit, Permits};
+use crate::route::{Endpoint, EndpointSet};
 
 /// Client tokens start with this, so they are never mistaken for keys.
 const CLIENT_TOKEN_PREFIX: &str = "imgt1.";
@@ -37,6 +41,8 @@ pub struct Client {
     allowed: Option<Vec<usize>>,
     /// Its quota on imgate; `None` for unlimited.
     pub limit: Option<Permits>,
+    /// The endpoints it may call.
+    endpoints: EndpointSet,
 }
 
 impl std::fmt::Debug for Client {
@@ -45,6 +51,7 @@ impl std::fmt::Debug for Client {
             .field("name", &self.name)
             .field("allowed", &self.allowed)
             .field("limit", &self.limit.as_ref().map(|l| l.policy()))
+            .field("endpoints", &self.endpoints)
             .finish_non_exhaustive()
     }
 }
@@ -55,6 +62,11 @@ impl Client {
         self.allowed
             .as_ref()
             .is_none_or(|apps| apps.contains(&app_index))
+    }
+
+    /// Whether this client may call `endpoint` (the token endpoint is answered by imgate).
+    pub fn may_call(&self, endpoint: Endpoint) -> bool {
+        endpoint == Endpoint::Token || self.endpoints.contains(endpoint)
     }
 }
 
@@ -87,6 +99,7 @@ impl Clients {
                     Some(cluster) => Permits::Leased(LeasedLimit::new(cluster, &c.name, policy)),
                     None => Permits::Local(LocalLimit::new(policy)),
                 }),
+                endpoints: c.endpoints,
             });
             clients.by_name.insert(c.name.clone(), i);
         }
@@ -144,10 +157,11 @@ impl Clients {
 }
 
 impl Client {
-    /// Whether both have the same key, apps and quota.
+    /// Whether both have the same key, apps, endpoints and quota.
     fn same_as(&self, other: &Client) -> bool {
         self.key_sha256 == other.key_sha256
             && self.allowed == other.allowed
+            && self.endpoints == other.endpoints
             && self.limit.as_ref().map(|l| l.policy()) == other.limit.as_ref().map(|l| l.policy())
     }
 
@@ -157,10 +171,56 @@ impl Client {
     }
 }
 
-/// Compares two digests without an early exit.
+/// Compares two digests in constant time.
 pub fn digests_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
+    a.ct_eq(b).into()
+}
+
+/// Wrong credentials per source address, counted in a fixed window: past the limit a source
+/// is refused before its credentials are checked, so secrets cannot be guessed at full speed.
+pub struct FailureLimit {
+    max: u32,
+    window: Duration,
+    recent: moka::future::Cache<IpAddr, Arc<Failures>>,
+}
+
+struct Failures {
+    since: Instant,
+    count: AtomicU32,
+}
+
+impl FailureLimit {
+    /// At most `max` failures per source and minute; at most 100,000 sources tracked.
+    pub fn new(max: u32) -> FailureLimit {
+        let window = Duration::from_secs(60);
+        FailureLimit {
+            max,
+            window,
+            recent: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(window)
+                .build(),
+        }
+    }
+
+    /// How long `source` must wait, if it is over its limit now.
+    pub async fn blocked(&self, source: IpAddr) -> Option<Duration> {
+        let failures = self.recent.get(&source).await?;
+        (failures.count.load(Ordering::Relaxed) >= self.max)
+            .then(|| self.window.saturating_sub(failures.since.elapsed()))
+    }
+
+    /// Counts one failure of `source`.
+    pub async fn record(&self, source: IpAddr) {
+        let fresh = async {
+            Arc::new(Failures {
+                since: Instant::now(),
+                count: AtomicU32::new(0),
+            })
+        };
+        let failures = self.recent.get_with(source, fresh).await;
+        failures.count.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// The key that signs and checks client tokens.
@@ -250,12 +310,14 @@ mod tests {
                 key_sha256: Sha256::digest(b"key-all").into(),
                 apps: None,
                 rate_limit: None,
+                endpoints: EndpointSet::KNOWN,
             },
             ClientSettings {
                 name: "one".into(),
                 key_sha256: Sha256::digest(b"key-one").into(),
                 apps: Some(vec!["b".into()]),
                 rate_limit: None,
+                endpoints: EndpointSet::KNOWN,
             },
         ];
         Clients::new(
@@ -299,6 +361,21 @@ mod tests {
         ] {
             assert!(authenticate(&c, value).is_none(), "{value}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_source_over_its_failure_limit_is_blocked_and_others_are_not() {
+        let limit = FailureLimit::new(2);
+        let (one, other): (IpAddr, IpAddr) = ("127.0.0.1".parse().unwrap(), "::1".parse().unwrap());
+        limit.record(one).await;
+        assert!(limit.blocked(one).await.is_none());
+        limit.record(one).await;
+        let wait = limit
+            .blocked(one)
+            .await
+            .expect("blocked after two failures");
+        assert!(wait > Duration::from_secs(50) && wait <= Duration::from_secs(60));
+        assert!(limit.blocked(other).await.is_none());
     }
 
     #[test]
@@ -350,6 +427,7 @@ mod tests {
                 key_sha256: Sha256::digest(b"new-key").into(),
                 apps: None,
                 rate_limit: None,
+                endpoints: EndpointSet::KNOWN,
             }],
             |_| None,
             None,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use http::HeaderValue;
 
 use crate::limit::retry_after_secs;
+use crate::route::PathError;
 use crate::server::{json_response, HttpResponse};
 use crate::token::TokenError;
 use crate::upstream::UpstreamError;
@@ -15,6 +16,9 @@ use crate::vendor;
 /// A request that imgate answers itself with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
+    /// The path has a dot segment, an encoded slash, a control character or a bad escape.
+    #[error("imgate refused the path: {0}")]
+    BadPath(PathError),
     /// The path has no vendor app prefix.
     #[error("no vendor API at this path")]
     NoRoute,
@@ -48,9 +52,10 @@ pub enum GatewayError {
     /// A body that should be JSON is not.
     #[error("the request body is not valid JSON")]
     BadJson,
-    /// An endpoint imgate does not know, with `upstream.forward_other = false`.
-    #[error("this endpoint is not forwarded by imgate")]
-    OtherNotForwarded,
+    /// An endpoint outside the client's scope (`endpoints`; by default every endpoint imgate
+    /// knows, and others only with `upstream.forward_other = true`).
+    #[error("this endpoint is not forwarded by imgate for this client")]
+    EndpointNotForwarded,
     /// No valid app token could be had.
     #[error(transparent)]
     Token(#[from] TokenError),
@@ -72,6 +77,12 @@ pub enum GatewayError {
         /// Its sustained rate.
         per_second: u32,
         /// When it may try again.
+        retry_after: Duration,
+    },
+    /// Too many wrong client credentials from this source address lately.
+    #[error("too many failed attempts from this address; try again later")]
+    TooManyFailures {
+        /// When the source may try again.
         retry_after: Duration,
     },
     /// No vendor permit within `limits.max_wait_ms`: the vendor's quota is used up.
@@ -98,12 +109,13 @@ impl GatewayError {
     pub fn status(&self) -> u16 {
         match self {
             GatewayError::NoRoute | GatewayError::UnknownApp => 404,
-            GatewayError::InvalidGrant | GatewayError::UnsupportedGrant | GatewayError::BadJson => {
-                400
-            }
+            GatewayError::InvalidGrant
+            | GatewayError::UnsupportedGrant
+            | GatewayError::BadJson
+            | GatewayError::BadPath(_) => 400,
             GatewayError::UnsupportedMediaType => 415,
             GatewayError::Unauthenticated => 401,
-            GatewayError::Forbidden | GatewayError::OtherNotForwarded => 403,
+            GatewayError::Forbidden | GatewayError::EndpointNotForwarded => 403,
             GatewayError::BodyTooLarge(_) => 413,
             GatewayError::BodyUnreadable => 400,
             GatewayError::Token(_) => 503,
@@ -111,13 +123,16 @@ impl GatewayError {
             GatewayError::Upstream(_) | GatewayError::UpstreamUnauthorized => 502,
             GatewayError::Shared(inner) => inner.status(),
             GatewayError::BatchAbandoned => 500,
-            GatewayError::RateLimited { .. } | GatewayError::VendorQuota { .. } => 429,
+            GatewayError::RateLimited { .. }
+            | GatewayError::TooManyFailures { .. }
+            | GatewayError::VendorQuota { .. } => 429,
         }
     }
 
     /// The `error` field: the vendor's own name where callers' SDKs act on it, else `imgate_…`.
     pub fn name(&self) -> &'static str {
         match self {
+            GatewayError::BadPath(_) => "imgate_bad_path",
             GatewayError::NoRoute => "imgate_no_route",
             GatewayError::UnknownApp => "organization_application_not_found",
             // The vendor's name, so that vendor SDKs refresh their credentials.
@@ -129,7 +144,7 @@ impl GatewayError {
             GatewayError::InvalidGrant | GatewayError::UnsupportedGrant => "invalid_grant",
             GatewayError::UnsupportedMediaType => "web_application",
             GatewayError::BadJson => "json_parse",
-            GatewayError::OtherNotForwarded => "imgate_endpoint_not_forwarded",
+            GatewayError::EndpointNotForwarded => "imgate_endpoint_not_forwarded",
             GatewayError::Token(_) => "imgate_token_unavailable",
             GatewayError::Upstream(UpstreamError::Timeout) => "imgate_upstream_timeout",
             GatewayError::Upstream(UpstreamError::Connect(_)) => "imgate_upstream_unavailable",
@@ -137,7 +152,9 @@ impl GatewayError {
             GatewayError::UpstreamUnauthorized => "imgate_upstream_unauthorized",
             GatewayError::Shared(inner) => inner.name(),
             GatewayError::BatchAbandoned => "imgate_internal_error",
-            GatewayError::RateLimited { .. } => "imgate_rate_limited",
+            GatewayError::RateLimited { .. } | GatewayError::TooManyFailures { .. } => {
+                "imgate_rate_limited"
+            }
             GatewayError::VendorQuota { .. } => "imgate_vendor_quota",
         }
     }
@@ -145,7 +162,8 @@ impl GatewayError {
     /// Who is at fault.
     pub fn fault(&self) -> Fault {
         match self {
-            GatewayError::NoRoute
+            GatewayError::BadPath(_)
+            | GatewayError::NoRoute
             | GatewayError::UnknownApp
             | GatewayError::Unauthenticated
             | GatewayError::Forbidden
@@ -156,7 +174,8 @@ impl GatewayError {
             | GatewayError::UnsupportedMediaType
             | GatewayError::BadJson
             | GatewayError::RateLimited { .. }
-            | GatewayError::OtherNotForwarded => Fault::Caller,
+            | GatewayError::TooManyFailures { .. }
+            | GatewayError::EndpointNotForwarded => Fault::Caller,
             GatewayError::Token(_)
             | GatewayError::UpstreamUnauthorized
             | GatewayError::BatchAbandoned => Fault::Imgate,
@@ -181,6 +200,7 @@ impl GatewayError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             GatewayError::RateLimited { retry_after, .. }
+            | GatewayError::TooManyFailures { retry_after }
             | GatewayError::VendorQuota { retry_after } => Some(*retry_after),
             GatewayError::Shared(inner) => inner.retry_after(),
             _ => None,

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
+use http::header::{HeaderMap, HeaderName, HeaderValue, ACCEPT_ENCODING, AUTHORIZATION};
 use http::{Method, Request, StatusCode, Uri};
 use http_body_util::Full;
 
@@ -15,7 +15,7 @@ use crate::error::GatewayError;
 use crate::gateway::{App, Gateway};
 use crate::metrics::Scope;
 use crate::route::Endpoint;
-use crate::upstream::{status_label, vendor_uri, UpstreamError, VendorResponse};
+use crate::upstream::{decode_body, status_label, vendor_uri, UpstreamError, VendorResponse};
 
 /// The request-id header, sent on to the vendor.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -29,6 +29,8 @@ pub struct VendorCall {
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
+    /// Whether the answer is shared or cached: asked for and delivered unencoded.
+    identity: bool,
 }
 
 impl VendorCall {
@@ -54,7 +56,18 @@ impl VendorCall {
             method: parts.method,
             headers: parts.headers,
             body,
+            identity: false,
         })
+    }
+
+    /// The same call, for an answer that is shared or cached: the vendor is asked for no
+    /// content encoding, and an encoded answer is decoded anyway, so that no caller ever gets
+    /// an encoding it did not ask for.
+    pub fn identity(mut self) -> VendorCall {
+        self.headers
+            .insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        self.identity = true;
+        self
     }
 
     /// Makes the call. A 401 means the vendor refused imgate's token (the caller's credentials
@@ -84,6 +97,11 @@ impl VendorCall {
             let result = self.gateway.upstream.send(request).await;
             self.record(&result, started.elapsed().as_secs_f64());
             let response = result.inspect_err(|_| quota.no_answer())?;
+            let response = if self.identity {
+                decode_body(response)?
+            } else {
+                response
+            };
             if matches!(
                 response.status,
                 StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE

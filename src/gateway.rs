@@ -15,14 +15,14 @@ use http::Uri;
 use prometheus::{IntCounter, Registry};
 use secrecy::ExposeSecret;
 
-use crate::auth::{ClientTokenKey, Clients};
-use crate::cache::{Cache, CacheStatus};
+use crate::auth::{ClientTokenKey, Clients, FailureLimit};
+use crate::cache::{Cache, CacheStatus, Kind};
 use crate::cluster::quota::SharedQuota;
 use crate::cluster::{Cluster, ClusterError};
-use crate::config::{ConfigErrors, Credentials, RawConfig, Settings};
+use crate::config::{vendor_identity, ConfigErrors, Credentials, RawConfig, Settings};
 use crate::limit::{Permits, VendorQuota, WaitPolicy};
 use crate::metrics::Metrics;
-use crate::route::{AppRef, Endpoint};
+use crate::route::{encode_segment, AppRef, Endpoint};
 use crate::server::ConnLimits;
 use crate::token::{TokenError, TokenPolicy, TokenSource};
 use crate::upstream::Upstream;
@@ -31,6 +31,15 @@ use crate::upstream::Upstream;
 pub struct App {
     /// imgate's name for it (the `app` label).
     pub name: String,
+    /// Its vendor identity (`app-id/{id}` or `{org}/{app}`): what its cache entries are keyed
+    /// by, so that no reload can make one app's entries another's.
+    pub key: String,
+    /// Its path prefix as the vendor knows it (`/app-id/{id}` as configured, or
+    /// `/{org}/{app}`), percent-encoded: what every forwarded path starts with.
+    pub prefix: String,
+    /// Unique per running instance of the app: a reload that replaces it starts anew (its
+    /// presence batches end with it).
+    pub instance: u64,
     /// Vendor base URL (scheme + authority).
     pub base: Uri,
     /// Its app token.
@@ -114,8 +123,6 @@ pub struct Snapshot {
     pub clients: Clients,
     /// Largest request body, bytes.
     pub max_body_bytes: usize,
-    /// Forward endpoints imgate does not know.
-    pub forward_other: bool,
     /// SHA-256 of the admin API key.
     pub admin_key_sha256: Option<[u8; 32]>,
     /// Signs and checks client tokens.
@@ -184,6 +191,10 @@ pub struct Gateway {
     pub started: Instant,
     /// The Redis shared with other replicas; `None`: one process on its own (fixed at start).
     pub cluster: Option<Arc<Cluster>>,
+    /// Wrong client credentials per source address at the token endpoint (fixed at start).
+    pub auth_failures: FailureLimit,
+    /// The last [`App::instance`] given out.
+    instances: AtomicU64,
     config_path: Option<PathBuf>,
     /// Used when the configuration names no signing key, so tokens survive reloads.
     process_token_key: Arc<ClientTokenKey>,
@@ -217,13 +228,14 @@ impl Gateway {
             cache: Arc::new(Cache::new(settings.cache.clone())),
             started: Instant::now(),
             cluster,
+            auth_failures: FailureLimit::new(settings.client_token_failures),
+            instances: AtomicU64::new(0),
             config_path,
             process_token_key,
             current: ArcSwap::from_pointee(Snapshot {
                 apps: Vec::new(),
                 clients: Clients::default(),
                 max_body_bytes: 0,
-                forward_other: false,
                 admin_key_sha256: None,
                 client_tokens: Arc::new(ClientTokenKey::new(None)),
                 client_token_ttl: Duration::ZERO,
@@ -283,12 +295,25 @@ impl Gateway {
             }
         }
         self.current.store(Arc::new(snapshot));
+        let current = self.snapshot();
         for app in &old.apps {
-            if !self.snapshot().apps.iter().any(|a| Arc::ptr_eq(a, app)) {
+            if !current.apps.iter().any(|a| Arc::ptr_eq(a, app)) {
                 app.tokens.retire();
             }
         }
-        let now = self.snapshot();
+        // Entries of vendor apps no longer configured are dropped, not kept for a later reload.
+        let gone: Vec<&str> = old
+            .apps
+            .iter()
+            .filter(|o| !current.apps.iter().any(|a| a.key == o.key))
+            .map(|o| o.key.as_str())
+            .collect();
+        if !gone.is_empty() {
+            for kind in Kind::ALL {
+                self.cache.purge_apps(kind, &gone).await;
+            }
+        }
+        let now = current;
         let removed_apps = old
             .apps
             .iter()
@@ -347,6 +372,15 @@ impl Gateway {
                 {
                     return kept.clone();
                 }
+                let key = vendor_identity(&app.credentials);
+                let prefix = match &app.credentials {
+                    Credentials::Agora { app_id, .. } => {
+                        format!("/app-id/{}", encode_segment(app_id))
+                    }
+                    Credentials::Easemob { org, app, .. } => {
+                        format!("/{}/{}", encode_segment(org), encode_segment(app))
+                    }
+                };
                 let tokens = TokenSource::new(
                     &app.name,
                     app.credentials,
@@ -362,6 +396,9 @@ impl Gateway {
                     .collect();
                 let new = Arc::new(App {
                     quotas: self.vendor_quotas(&app.name, &app.vendor_quotas, settings.vendor_wait),
+                    key,
+                    prefix,
+                    instance: self.instances.fetch_add(1, Ordering::Relaxed) + 1,
                     name: app.name,
                     base: app.upstream,
                     tokens,
@@ -390,7 +427,6 @@ impl Gateway {
             apps,
             clients,
             max_body_bytes: settings.max_body_bytes,
-            forward_other: settings.upstream.forward_other,
             admin_key_sha256: settings.admin_key.as_ref().map(|k| {
                 <sha2::Sha256 as sha2::Digest>::digest(k.expose_secret().as_bytes()).into()
             }),

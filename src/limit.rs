@@ -165,8 +165,11 @@ struct Pause {
     until: Option<Instant>,
     /// The next adaptive pause (doubles per throttle; starts small again after a quiet spell).
     next: Option<Duration>,
-    /// Set while recovering from a throttle (until a quiet spell has passed).
+    /// When the vendor last throttled (the adaptive pause starts small again after a quiet
+    /// spell).
     last_throttle: Option<Instant>,
+    /// Set from a throttle until a call succeeds: meanwhile one call at a time probes.
+    recovering: bool,
     /// While recovering, one call at a time probes the vendor: until then, others hold off.
     probe_until: Option<Instant>,
 }
@@ -250,32 +253,39 @@ impl VendorQuota {
         }
     }
 
-    /// The vendor answered 429 or 503: no calls for `retry_after`, or for an adaptive pause
-    /// (in cluster mode, on every replica).
+    /// The vendor answered 429 or 503: no calls for `retry_after` (the vendor's word bounds
+    /// the pause), or for an adaptive pause, then one probing call at a time (in cluster mode,
+    /// the pause holds on every replica).
     pub async fn throttled(&self, retry_after: Option<Duration>) {
         let length = {
             let mut pause = self.lock();
-            let length = retry_after.unwrap_or_else(|| {
-                let next = pause.next.unwrap_or(PAUSE_MIN);
-                pause.next = Some((next * 2).min(PAUSE_MAX));
-                next
-            });
             let now = Instant::now();
+            let until = match retry_after {
+                Some(asked) => now + asked,
+                None => {
+                    let next = pause.next.unwrap_or(PAUSE_MIN);
+                    pause.next = Some((next * 2).min(PAUSE_MAX));
+                    let until = now + next;
+                    pause.until.map_or(until, |current| current.max(until))
+                }
+            };
+            pause.until = Some(until);
             pause.last_throttle = Some(now);
+            pause.recovering = true;
             pause.probe_until = None;
-            let until = now + length;
-            pause.until = Some(pause.until.map_or(until, |current| current.max(until)));
-            length
+            until - now
         };
         if let Permits::Shared(shared) = &self.limit {
             shared.pause(length).await;
         }
     }
 
-    /// The vendor answered normally: after a quiet spell the adaptive pause starts small again.
+    /// The vendor answered normally: full concurrency again at once (a probe succeeded); after
+    /// a quiet spell the adaptive pause starts small again too.
     pub fn succeeded(&self) {
         let mut pause = self.lock();
         pause.probe_until = None;
+        pause.recovering = false;
         if pause.last_throttle.is_some_and(|t| t.elapsed() >= QUIET) {
             pause.next = None;
             pause.last_throttle = None;
@@ -297,7 +307,9 @@ impl VendorQuota {
         if let Some(until) = pause.until.filter(|until| *until > now) {
             return Some(until - now);
         }
-        pause.last_throttle?;
+        if !pause.recovering {
+            return None;
+        }
         match pause.probe_until {
             Some(probe) if probe > now => Some((probe - now).min(PROBE_POLL)),
             _ => {
@@ -391,6 +403,36 @@ mod tests {
             refused.retry_after > Duration::from_millis(10),
             "told at once, not after waiting"
         );
+    }
+
+    #[tokio::test]
+    async fn a_successful_probe_restores_full_concurrency_at_once() {
+        let q = std::sync::Arc::new(quota(100, 250, 100));
+        q.throttled(None);
+        q.throttled(None);
+        assert!(
+            q.acquire().await.is_ok(),
+            "the probe, once the pause is over"
+        );
+        q.succeeded();
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..15 {
+            let q = q.clone();
+            calls.spawn(async move { q.acquire().await.is_ok() });
+        }
+        let granted = calls.join_all().await.into_iter().filter(|ok| *ok).count();
+        assert_eq!(granted, 15, "15 concurrent calls after a successful probe");
+    }
+
+    #[tokio::test]
+    async fn the_vendors_retry_after_bounds_the_pause() {
+        let q = quota(100, 1_000, 10);
+        for _ in 0..6 {
+            q.throttled(None).await;
+        }
+        q.throttled(Some(Duration::from_millis(50))).await;
+        let waited = q.acquire().await.expect("within a second");
+        assert!(waited < Duration::from_millis(500), "{waited:?}");
     }
 
     #[tokio::test]

@@ -1,15 +1,18 @@
 //! The request path, as named phases in a fixed order (docs/architecture.md):
 //!
-//! 1. classify: method + path → app, endpoint, parameters (unknown app → 404)
-//! 2. authenticate: client key or imgate client token → client (401), may use the app (403);
-//!    `POST {prefix}/token` is answered here with a client token, never forwarded
+//! 1. classify: the path decoded once into canonical segments (dot segments, encoded slashes,
+//!    control characters → 400 before routing), then method + segments → endpoint
+//! 2. authenticate: client key or imgate client token → client (401), then the app (unknown →
+//!    404, only now), may use the app (403), may call the endpoint (403); `POST {prefix}/token`
+//!    is answered here with a client token, never forwarded
 //! 3. limit (client): the client's quota (cache hits count too) → 429 `imgate_rate_limited`
 //! 4. cache: offline counts and statuses, subscription lists and presence per user, from the
 //!    cache or from one coalesced vendor call ([`crate::cache`])
 //! 5. limit (vendor): every call that goes to the vendor takes a permit of the app's quota,
 //!    waiting up to `max_wait` ([`crate::forward`]; stale cache entries stand in when it cannot)
-//! 6. upstream: inject the app token, forward over the pooled client; on a vendor 401 renew
-//!    the token once and replay the (buffered) request once ([`crate::forward`])
+//! 6. upstream: the canonical path with an allow-list of the caller's headers, the app token
+//!    injected, over the pooled client; on a vendor 401 renew the token once and replay the
+//!    (buffered) request once ([`crate::forward`])
 //! 7. effects: writes the vendor accepted invalidate or refresh cache entries
 //! 8. respond: the vendor's answer verbatim (or rebuilt from the cache), with `X-Cache`, `Age`
 //!
@@ -18,18 +21,20 @@
 //! and `X-Request-Id` on the response. An error becomes a response in one place:
 //! [`GatewayError::to_response`].
 
+use std::borrow::Cow;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use http::request::Parts;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
-use crate::cache::presence::{self, BatchError, SendBatch};
+use crate::cache::presence::{self, BatchError, PresenceApp, SendBatch};
 use crate::cache::{json_content_type, Answer, CacheStatus, Fetch, Key, Kind};
 use crate::error::GatewayError;
 use crate::forward::{VendorCall, X_REQUEST_ID};
@@ -73,8 +78,12 @@ impl Trace<'_> {
     }
 }
 
-/// Answers one API request; never fails (errors become vendor-shaped responses).
-pub async fn handle(gateway: &Arc<Gateway>, req: Request<Incoming>) -> HttpResponse {
+/// Answers one API request from `peer`; never fails (errors become vendor-shaped responses).
+pub async fn handle(
+    gateway: &Arc<Gateway>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> HttpResponse {
     let started = Instant::now();
     let request_id = request_id(req.headers());
     let trace_context = TraceContext::from_headers(req.headers());
@@ -92,7 +101,7 @@ pub async fn handle(gateway: &Arc<Gateway>, req: Request<Incoming>) -> HttpRespo
         request: &request_id,
         trace: trace_context,
     };
-    let mut response = match process(gateway, &snapshot, req, &ids, &mut trace).await {
+    let mut response = match process(gateway, &snapshot, req, peer.ip(), &ids, &mut trace).await {
         Ok(response) => response,
         Err(err) => {
             // Quota refusals are counted in metrics; under overload a line each would flood.
@@ -149,38 +158,43 @@ async fn process<'s>(
     gateway: &Arc<Gateway>,
     snapshot: &'s Snapshot,
     req: Request<Incoming>,
+    source: IpAddr,
     ids: &Ids<'_>,
     trace: &mut Trace<'s>,
 ) -> Result<HttpResponse, GatewayError> {
     let (parts, body) = req.into_parts();
 
-    // 1. classify
-    let route = route::classify(&parts.method, parts.uri.path()).ok_or(GatewayError::NoRoute)?;
-    let (app_index, app) = snapshot.app(route.app).ok_or(GatewayError::UnknownApp)?;
-    trace.route = Some((app, route.endpoint));
-    let body = server::read_body(body, snapshot.max_body_bytes)
-        .await
-        .map_err(|err| match err {
-            BodyError::TooLarge(limit) => GatewayError::BodyTooLarge(limit),
-            BodyError::Read => GatewayError::BodyUnreadable,
-        })?;
-
-    // 2. authenticate
+    // 1. classify: refused paths never reach routing, let alone the vendor.
+    let path = route::Path::parse(parts.uri.path()).map_err(GatewayError::BadPath)?;
+    let route = path.classify(&parts.method).ok_or(GatewayError::NoRoute)?;
     if route.endpoint == Endpoint::Token {
         // Never forwarded: the vendor's client credentials are imgate's alone.
-        return issue_client_token(snapshot, app_index, app, &parts, &body, trace);
+        let token = TokenRequest {
+            gateway,
+            snapshot,
+            route,
+            parts: &parts,
+            source,
+        };
+        return token.issue(body, trace).await;
     }
+
+    // 2. authenticate, before the app is looked up: an unauthenticated caller learns nothing
+    //    about which apps exist.
     let client = snapshot
         .clients
         .authenticate(&parts.headers, &snapshot.client_tokens, vendor::now_secs())
         .ok_or(GatewayError::Unauthenticated)?;
     trace.client = &client.name;
+    let (app_index, app) = snapshot.app(route.app).ok_or(GatewayError::UnknownApp)?;
+    trace.route = Some((app, route.endpoint));
     if !client.may_use(app_index) {
         return Err(GatewayError::Forbidden);
     }
-    if route.endpoint == Endpoint::Other && !snapshot.forward_other {
-        return Err(GatewayError::OtherNotForwarded);
+    if !client.may_call(route.endpoint) {
+        return Err(GatewayError::EndpointNotForwarded);
     }
+    let body = read_body(body, snapshot.max_body_bytes).await?;
 
     // 3. limit (client)
     if let Some(limit) = &client.limit {
@@ -201,6 +215,7 @@ async fn process<'s>(
         gateway,
         app,
         route,
+        path: &path,
         parts: &parts,
         ids,
     };
@@ -217,18 +232,27 @@ async fn process<'s>(
 
     // 6. upstream
     let seq = gateway.cache.current_seq();
-    let response = call.vendor(Bytes::clone(&body))?.await?;
+    let response = call.vendor(Bytes::clone(&body), false)?.await?;
     trace.vendor_status = Some(response.status.as_u16());
     trace.vendor_seconds = response.elapsed.as_secs_f64();
 
     // 7. effects
     gateway
         .cache
-        .after_write(&app.name, &route, &body, &response, seq)
+        .after_write(&app.key, &route, &body, &response, seq)
         .await;
 
     // 8. respond
-    Ok(respond(&response, None))
+    Ok(respond(&response))
+}
+
+async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, GatewayError> {
+    server::read_body(body, limit)
+        .await
+        .map_err(|err| match err {
+            BodyError::TooLarge(limit) => GatewayError::BodyTooLarge(limit),
+            BodyError::Read => GatewayError::BodyUnreadable,
+        })
 }
 
 /// One authenticated request, as the cache and the vendor call need it.
@@ -236,16 +260,41 @@ struct Call<'r> {
     gateway: &'r Arc<Gateway>,
     app: &'r Arc<App>,
     route: Route<'r>,
+    path: &'r route::Path<'r>,
     parts: &'r Parts,
     ids: &'r Ids<'r>,
 }
 
 impl Call<'_> {
-    /// The vendor call this request stands for, ready to run on its own.
-    fn vendor(&self, body: Bytes) -> Result<Fetch, GatewayError> {
+    /// The canonical path: the app's own prefix and the decoded segments re-encoded. It is
+    /// the request's path itself when that is canonical already (no allocation).
+    fn canonical_path(&self) -> Cow<'_, str> {
+        let raw = self.parts.uri.path();
+        let suffix = self.path.suffix();
+        let prefix = &self.app.prefix;
+        match suffix {
+            Cow::Borrowed(s)
+                if raw.len() == prefix.len() + s.len() && raw.starts_with(prefix.as_str()) =>
+            {
+                Cow::Borrowed(raw)
+            }
+            suffix => Cow::Owned(format!("{prefix}{suffix}")),
+        }
+    }
+
+    /// The vendor call this request stands for, ready to run on its own: the canonical path
+    /// and the caller's query. `identity`: the answer is shared or cached, so it is asked for
+    /// without content encoding (and decoded if the vendor encodes it anyway).
+    fn vendor(&self, body: Bytes, identity: bool) -> Result<Fetch, GatewayError> {
+        let path = match self.parts.uri.query() {
+            Some(query) => format!("{}?{query}", self.canonical_path()),
+            None => self.canonical_path().into_owned(),
+        };
         let mut request = Request::new(body);
         *request.method_mut() = self.parts.method.clone();
-        *request.uri_mut() = self.parts.uri.clone();
+        *request.uri_mut() = path
+            .parse()
+            .map_err(|_| UpstreamError::Failed("unusable request path".into()))?;
         *request.headers_mut() = forward_headers(&self.parts.headers);
         request
             .headers_mut()
@@ -257,6 +306,7 @@ impl Call<'_> {
             request,
             self.ids.request,
         )?;
+        let call = if identity { call.identity() } else { call };
         Ok(Box::pin(call.send()))
     }
 
@@ -266,7 +316,7 @@ impl Call<'_> {
         kind: Kind,
         trace: &mut Trace<'_>,
     ) -> Result<HttpResponse, GatewayError> {
-        let path = self.parts.uri.path();
+        let path = self.canonical_path();
         let extra = match kind {
             Kind::OfflineStatus => self.route.param,
             Kind::Sublist => self.parts.uri.query().unwrap_or(""),
@@ -274,31 +324,32 @@ impl Call<'_> {
         };
         let key = Key {
             kind,
-            app: &self.app.name,
+            app: &self.app.key,
             user: self.route.user,
             extra,
         };
         let fetch = || {
-            self.vendor(Bytes::new())
+            self.vendor(Bytes::new(), true)
                 .unwrap_or_else(|err| Box::pin(std::future::ready(Err(err))))
         };
         let answer = self
             .gateway
             .cache
-            .read(&key, path, fetch)
+            .read(&key, &path, fetch)
             .await
             .map_err(GatewayError::Shared)?;
         Ok(match answer {
             Answer::Cached(entry, status) => {
                 trace.cache = Some(status);
-                let body = entry.body_bytes(path, route::suffix(path), self.route.user);
+                let suffix = path.get(self.app.prefix.len()..).unwrap_or("");
+                let body = entry.body_bytes(&path, suffix, self.route.user);
                 cached_response(body, status, entry.stored_at.elapsed())
             }
             Answer::Vendor(response, status) => {
                 trace.cache = Some(status);
                 trace.vendor_status = Some(response.status.as_u16());
                 trace.vendor_seconds = response.elapsed.as_secs_f64();
-                respond(&response, Some(status))
+                shared_response(&response, status)
             }
         })
     }
@@ -309,17 +360,15 @@ impl Call<'_> {
         users: &[String],
         trace: &mut Trace<'_>,
     ) -> Result<HttpResponse, GatewayError> {
-        let path = self.parts.uri.path();
-        let prefix = &path[..path.len() - route::suffix(path).len()];
         let (gateway, app, request_id, trace_context) = (
             self.gateway.clone(),
             self.app.clone(),
             self.ids.request.clone(),
             self.ids.trace,
         );
-        let prefix = prefix.to_owned();
         let send: SendBatch = Arc::new(move |caller: &str, users: &[String]| -> Fetch {
-            let request = Request::post(format!("{prefix}/users/{caller}/presence"))
+            let caller = route::encode_segment(caller);
+            let request = Request::post(format!("{}/users/{caller}/presence", app.prefix))
                 .header(CONTENT_TYPE, json_content_type())
                 .header(&TRACEPARENT, trace_context.child())
                 .body(Bytes::from(json!({ "usernames": users }).to_string()))
@@ -334,15 +383,19 @@ impl Call<'_> {
                 )
             });
             match call {
-                Ok(call) => Box::pin(call.send()),
+                Ok(call) => Box::pin(call.identity().send()),
                 Err(err) => Box::pin(std::future::ready(Err(err))),
             }
         });
+        let presence_app = PresenceApp {
+            key: &self.app.key,
+            instance: self.app.instance,
+        };
         let answer = self
             .gateway
             .cache
             .presence(
-                &self.app.name,
+                presence_app,
                 self.route.user,
                 users,
                 send,
@@ -357,71 +410,107 @@ impl Call<'_> {
             Err(BatchError::Vendor(response)) => {
                 trace.cache = Some(CacheStatus::Miss);
                 trace.vendor_status = Some(response.status.as_u16());
-                Ok(respond(&response, Some(CacheStatus::Miss)))
+                Ok(shared_response(&response, CacheStatus::Miss))
             }
             Err(BatchError::Gateway(err)) => Err(GatewayError::Shared(err)),
         }
     }
 }
 
-/// `POST {prefix}/token` with the client's name and key, as vendor SDKs send it: answered with
-/// an imgate client token in the vendor's response shape.
-fn issue_client_token<'s>(
+/// `POST {prefix}/token` with the client's name and key, as vendor SDKs send it.
+struct TokenRequest<'r, 's> {
+    gateway: &'r Gateway,
     snapshot: &'s Snapshot,
-    app_index: usize,
-    app: &App,
-    parts: &Parts,
-    body: &[u8],
-    trace: &mut Trace<'s>,
-) -> Result<HttpResponse, GatewayError> {
-    let is_json = parts
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("application/json")
-        });
-    if !is_json {
-        return Err(GatewayError::UnsupportedMediaType);
-    }
-    let request: Value = serde_json::from_slice(body).map_err(|_| GatewayError::BadJson)?;
-    let field = |name: &str| request.get(name).and_then(Value::as_str).unwrap_or("");
-    if field("grant_type") != "client_credentials" {
-        return Err(GatewayError::UnsupportedGrant);
-    }
-    let client = snapshot
-        .clients
-        .by_name(field("client_id"))
-        .filter(|c| c.has_key(field("client_secret")))
-        .ok_or(GatewayError::InvalidGrant)?;
-    trace.client = &client.name;
-    if !client.may_use(app_index) {
-        return Err(GatewayError::Forbidden);
-    }
-    let max = snapshot.client_token_ttl;
-    let ttl = match request.get("ttl").and_then(vendor::lenient_u64) {
-        Some(asked) if asked > 0 => max.min(std::time::Duration::from_secs(asked)),
-        _ => max,
-    };
-    let token = snapshot
-        .client_tokens
-        .issue(client, vendor::now_secs(), ttl);
-    let body = json!({"access_token": token, "expires_in": ttl.as_secs(), "application": app.name});
-    Ok(server::json_response(200, Bytes::from(body.to_string())))
+    route: Route<'r>,
+    parts: &'r Parts,
+    source: IpAddr,
 }
 
-/// The vendor's answer as received, with `X-Cache` when it came through the cache.
-fn respond(vendor: &VendorResponse, cache: Option<CacheStatus>) -> HttpResponse {
+impl<'s> TokenRequest<'_, 's> {
+    /// Answers with an imgate client token in the vendor's response shape. Wrong credentials
+    /// count against the source address's failure limit, which is checked first (so that a
+    /// limited source learns nothing, even from the right secret); they are checked before
+    /// the app is looked up, so that they tell nothing about which apps exist.
+    async fn issue(
+        self,
+        body: Incoming,
+        trace: &mut Trace<'s>,
+    ) -> Result<HttpResponse, GatewayError> {
+        let (snapshot, parts) = (self.snapshot, self.parts);
+        if let Some(retry_after) = self.gateway.auth_failures.blocked(self.source).await {
+            self.gateway.metrics.rate_limited(Scope::Client);
+            return Err(GatewayError::TooManyFailures { retry_after });
+        }
+        let body = read_body(body, snapshot.max_body_bytes).await?;
+        let is_json = parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.trim_start()
+                    .to_ascii_lowercase()
+                    .starts_with("application/json")
+            });
+        if !is_json {
+            return Err(GatewayError::UnsupportedMediaType);
+        }
+        let request: Value = serde_json::from_slice(&body).map_err(|_| GatewayError::BadJson)?;
+        let field = |name: &str| request.get(name).and_then(Value::as_str).unwrap_or("");
+        if field("grant_type") != "client_credentials" {
+            return Err(GatewayError::UnsupportedGrant);
+        }
+        let Some(client) = snapshot
+            .clients
+            .by_name(field("client_id"))
+            .filter(|c| c.has_key(field("client_secret")))
+        else {
+            self.gateway.auth_failures.record(self.source).await;
+            return Err(GatewayError::InvalidGrant);
+        };
+        trace.client = &client.name;
+        let (app_index, app) = snapshot
+            .app(self.route.app)
+            .ok_or(GatewayError::UnknownApp)?;
+        trace.route = Some((app, Endpoint::Token));
+        if !client.may_use(app_index) {
+            return Err(GatewayError::Forbidden);
+        }
+        let max = snapshot.client_token_ttl;
+        let ttl = match request.get("ttl").and_then(vendor::lenient_u64) {
+            Some(asked) if asked > 0 => max.min(Duration::from_secs(asked)),
+            _ => max,
+        };
+        let token = snapshot
+            .client_tokens
+            .issue(client, vendor::now_secs(), ttl);
+        let body =
+            json!({"access_token": token, "expires_in": ttl.as_secs(), "application": app.name});
+        Ok(server::json_response(200, Bytes::from(body.to_string())))
+    }
+}
+
+/// The vendor's answer to a call of this request alone, as received.
+fn respond(vendor: &VendorResponse) -> HttpResponse {
     let mut response = Response::new(Full::new(vendor.body.clone()));
     *response.status_mut() = vendor.status;
     *response.headers_mut() = vendor.headers.clone();
-    if let Some(status) = cache {
-        let headers = response.headers_mut();
-        headers.insert(X_CACHE.clone(), HeaderValue::from_static(status.header()));
-        headers.insert(AGE.clone(), age_value(Duration::ZERO));
+    response
+}
+
+/// A vendor answer shared through the cache (this request's own call, or one it joined): only
+/// the headers that describe the body go on, never ones the vendor may have meant for the
+/// caller whose request made the call.
+fn shared_response(vendor: &VendorResponse, cache: CacheStatus) -> HttpResponse {
+    let mut response = Response::new(Full::new(vendor.body.clone()));
+    *response.status_mut() = vendor.status;
+    let headers = response.headers_mut();
+    for name in [CONTENT_TYPE, RETRY_AFTER] {
+        if let Some(value) = vendor.headers.get(&name) {
+            headers.insert(name, value.clone());
+        }
     }
+    headers.insert(X_CACHE.clone(), HeaderValue::from_static(cache.header()));
+    headers.insert(AGE.clone(), age_value(Duration::ZERO));
     response
 }
 
@@ -481,14 +570,9 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
         .unwrap_or_else(new_request_id)
 }
 
-/// 32 random hex digits.
+/// A new random request id: 32 hex digits.
 fn new_request_id() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let random: u128 = rand::random();
-    let mut digits = [0u8; 32];
-    for (i, digit) in digits.iter_mut().enumerate() {
-        *digit = HEX[((random >> (4 * i)) & 0xf) as usize];
-    }
+    let digits: [u8; 32] = crate::trace::random_hex();
     HeaderValue::from_bytes(&digits).unwrap_or(HeaderValue::from_static("-"))
 }
 

@@ -1,9 +1,13 @@
 //! Classification of a vendor request: method + path → (app, [`Endpoint`], path parameters).
 //!
-//! Pure and allocation-free: every parameter borrows from the request path. The gateway and the
-//! emulator share it, so both agree on what each path means.
+//! Pure: a path is decoded once into its canonical segments ([`Path`]), allocating only for
+//! segments that carry percent escapes; routes borrow from it. The gateway and the emulator
+//! share it, so both agree on what each path means.
+
+use std::borrow::Cow;
 
 use http::Method;
+use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 /// The app a path addresses, in the vendor's own identifiers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -85,6 +89,47 @@ impl Endpoint {
 
 /// The [`Route::param`] of a legacy message send, `POST {prefix}/messages`.
 pub const LEGACY_SEND: &str = "legacy";
+/// A set of endpoints: those a client may call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndpointSet(u16);
+
+impl EndpointSet {
+    /// Every endpoint imgate knows (all but [`Endpoint::Other`]).
+    pub const KNOWN: EndpointSet =
+        EndpointSet(((1 << Endpoint::ALL.len()) - 1) & !(1 << Endpoint::Other as u16));
+
+    /// This set and `endpoint`.
+    pub const fn with(self, endpoint: Endpoint) -> EndpointSet {
+        EndpointSet(self.0 | 1 << endpoint as u16)
+    }
+
+    /// Whether `endpoint` is in the set.
+    pub const fn contains(self, endpoint: Endpoint) -> bool {
+        self.0 & (1 << endpoint as u16) != 0
+    }
+
+    /// The endpoints `patterns` name: endpoint names (`offline_msg_count`, `other`, …), or a
+    /// prefix followed by `*` (`presence_*`; `*` alone is every endpoint, `other` included).
+    /// A pattern that names no endpoint is returned as the error.
+    pub fn from_patterns<'p>(
+        patterns: impl IntoIterator<Item = &'p str>,
+    ) -> Result<EndpointSet, &'p str> {
+        let mut set = EndpointSet(0);
+        for pattern in patterns {
+            let matches = |e: &Endpoint| match pattern.strip_suffix('*') {
+                Some(prefix) => e.name().starts_with(prefix),
+                None => e.name() == pattern,
+            };
+            if !Endpoint::ALL.iter().any(matches) {
+                return Err(pattern);
+            }
+            for endpoint in Endpoint::ALL.iter().filter(|e| matches(e)) {
+                set = set.with(*endpoint);
+            }
+        }
+        Ok(set)
+    }
+}
 
 /// A classified request: which app, which endpoint, and the endpoint's path parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,37 +147,172 @@ pub struct Route<'a> {
     pub status: &'a str,
 }
 
-/// The part of a path after its two app-prefix segments (`/app-id/{id}` or `/{org}/{app}`),
-/// e.g. `/users/u1/offline_msg_count`; the vendor's `path` field.
+/// Why a path is refused before routing (400): each would let a caller reach, with the app
+/// token, something other than the endpoint the path seems to name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// A `.` or `..` segment, plain or percent-encoded.
+    #[error("the path has a dot segment")]
+    DotSegment,
+    /// An encoded `/` or `\\` inside a segment.
+    #[error("the path has an encoded slash")]
+    EncodedSlash,
+    /// A control character, plain or percent-encoded.
+    #[error("the path has a control character")]
+    Control,
+    /// A `%` not followed by two hex digits, or bytes that are not UTF-8 once decoded.
+    #[error("the path is not well-formed")]
+    Malformed,
+}
+
+/// Segments kept decoded in a [`Path`]: the two of the app prefix and up to five more (any
+/// more make the path [`Endpoint::Other`]).
+const KEPT: usize = 8;
+
+/// A request path, validated and split into percent-decoded segments: the one canonical form
+/// that routing, cache keys, invalidation and the forwarded path all use.
+#[derive(Debug, Clone)]
+pub struct Path<'a> {
+    raw: &'a str,
+    segments: [Cow<'a, str>; KEPT],
+    kept: usize,
+    total: usize,
+}
+
+impl<'a> Path<'a> {
+    /// Splits and decodes `raw` (no query string), refusing dot segments, encoded slashes,
+    /// control characters and malformed escapes anywhere in it. A path without a leading `/`
+    /// has no segments.
+    pub fn parse(raw: &'a str) -> Result<Path<'a>, PathError> {
+        let mut path = Path {
+            raw,
+            segments: std::array::from_fn(|_| Cow::Borrowed("")),
+            kept: 0,
+            total: 0,
+        };
+        for segment in raw_segments(raw) {
+            let decoded = decode_segment(segment)?;
+            if path.kept < KEPT {
+                path.segments[path.kept] = decoded;
+                path.kept += 1;
+            }
+            path.total += 1;
+        }
+        Ok(path)
+    }
+
+    /// Classifies the path for `method`. `None` when it has no app prefix.
+    pub fn classify(&self, method: &Method) -> Option<Route<'_>> {
+        let segments = &self.segments[..self.kept];
+        let first = segments.first().filter(|s| !s.is_empty())?;
+        let second = segments.get(1).filter(|s| !s.is_empty())?;
+        let app = if first == "app-id" {
+            AppRef::Agora { app_id: second }
+        } else {
+            AppRef::Easemob {
+                org: first,
+                app: second,
+            }
+        };
+        if self.total > 7 {
+            return Some(Route::other(app));
+        }
+        let mut rest = [""; 5];
+        for (slot, segment) in rest.iter_mut().zip(&segments[2..]) {
+            *slot = segment;
+        }
+        Some(match_suffix(app, method, &rest[..self.kept - 2]))
+    }
+
+    /// The segments after the app prefix, re-encoded: e.g. `/users/u1/offline_msg_count`, the
+    /// vendor's `path` field; empty when there are none. Borrowed from the request's path
+    /// when that is canonical already.
+    pub fn suffix(&self) -> Cow<'a, str> {
+        let raw = suffix(self.raw);
+        let canonical = raw
+            .split('/')
+            .skip(1)
+            .all(|s| matches!(Cow::from(utf8_percent_encode(s, SEGMENT)), Cow::Borrowed(_)));
+        if canonical {
+            return Cow::Borrowed(raw);
+        }
+        let mut out = String::with_capacity(raw.len() + 8);
+        for segment in raw.split('/').skip(1) {
+            out.push('/');
+            if let Ok(decoded) = decode_segment(segment) {
+                out.extend(utf8_percent_encode(&decoded, SEGMENT));
+            }
+        }
+        Cow::Owned(out)
+    }
+}
+
+/// The part of a raw path after its two app-prefix segments (`/app-id/{id}` or `/{org}/{app}`),
+/// e.g. `/users/u1/offline_msg_count`, as it was sent.
 pub fn suffix(path: &str) -> &str {
     path.match_indices('/')
         .nth(2)
         .map_or("", |(i, _)| &path[i..])
 }
 
-/// Classifies `method` + `path` (no query string). `None` when the path has no app prefix.
-pub fn classify<'a>(method: &Method, path: &'a str) -> Option<Route<'a>> {
-    let mut segments = path.strip_prefix('/')?.split('/');
-    let first = segments.next().filter(|s| !s.is_empty())?;
-    let second = segments.next().filter(|s| !s.is_empty())?;
-    let app = if first == "app-id" {
-        AppRef::Agora { app_id: second }
-    } else {
-        AppRef::Easemob {
-            org: first,
-            app: second,
+/// Bytes a path segment carries percent-encoded: all but RFC 3986's `pchar`s.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'!')
+    .remove(b'$')
+    .remove(b'&')
+    .remove(b'\'')
+    .remove(b'(')
+    .remove(b')')
+    .remove(b'*')
+    .remove(b'+')
+    .remove(b',')
+    .remove(b';')
+    .remove(b'=')
+    .remove(b':')
+    .remove(b'@');
+
+/// One decoded segment, percent-encoded for a path (the inverse of the decoding in
+/// [`Path::parse`]).
+pub fn encode_segment(segment: &str) -> impl std::fmt::Display + '_ {
+    utf8_percent_encode(segment, SEGMENT)
+}
+
+fn raw_segments(raw: &str) -> impl Iterator<Item = &str> {
+    raw.strip_prefix('/').into_iter().flat_map(|p| p.split('/'))
+}
+
+fn decode_segment(segment: &str) -> Result<Cow<'_, str>, PathError> {
+    let bytes = segment.as_bytes();
+    for (i, _) in segment.match_indices('%') {
+        let escape = bytes.get(i + 1..i + 3).ok_or(PathError::Malformed)?;
+        if !escape.iter().all(u8::is_ascii_hexdigit) {
+            return Err(PathError::Malformed);
         }
-    };
-    let mut rest = [""; 5];
-    let mut len = 0;
-    for segment in segments {
-        if len == rest.len() {
-            return Some(Route::other(app));
-        }
-        rest[len] = segment;
-        len += 1;
     }
-    Some(match_suffix(app, method, &rest[..len]))
+    let decoded = percent_decode_str(segment)
+        .decode_utf8()
+        .map_err(|_| PathError::Malformed)?;
+    if decoded == "." || decoded == ".." {
+        return Err(PathError::DotSegment);
+    }
+    if decoded.contains(['/', '\\']) {
+        return Err(PathError::EncodedSlash);
+    }
+    if decoded.chars().any(char::is_control) {
+        return Err(PathError::Control);
+    }
+    Ok(decoded)
+}
+
+/// Classifies `method` + `path` (no query string). `None` when the path is refused or has no
+/// app prefix; the parameters are decoded, so they may be owned by a [`Path`]: use
+/// [`Path::classify`] to keep them.
+pub fn endpoint_of(method: &Method, path: &str) -> Option<Endpoint> {
+    Some(Path::parse(path).ok()?.classify(method)?.endpoint)
 }
 
 fn match_suffix<'a>(app: AppRef<'a>, method: &Method, rest: &[&'a str]) -> Route<'a> {
@@ -191,14 +371,16 @@ impl<'a> Route<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn endpoint(method: Method, path: &str) -> Endpoint {
-        classify(&method, path).expect("has a prefix").endpoint
+        endpoint_of(&method, path).expect("has a prefix")
     }
 
     #[test]
     fn agora_prefix_names_the_app_id() {
-        let r = classify(&Method::GET, "/app-id/abc/users/u1/offline_msg_count").unwrap();
+        let path = Path::parse("/app-id/abc/users/u1/offline_msg_count").unwrap();
+        let r = path.classify(&Method::GET).unwrap();
         assert_eq!(r.app, AppRef::Agora { app_id: "abc" });
         assert_eq!(r.endpoint, Endpoint::OfflineMsgCount);
         assert_eq!(r.user, "u1");
@@ -206,7 +388,8 @@ mod tests {
 
     #[test]
     fn easemob_prefix_names_org_and_app() {
-        let r = classify(&Method::GET, "/org/app/users/u1/offline_msg_status/42").unwrap();
+        let path = Path::parse("/org/app/users/u1/offline_msg_status/42").unwrap();
+        let r = path.classify(&Method::GET).unwrap();
         assert_eq!(
             r.app,
             AppRef::Easemob {
@@ -233,7 +416,8 @@ mod tests {
             endpoint(Method::GET, "/o/a/users/u/presence/sublist"),
             Endpoint::PresenceSublist
         );
-        let set = classify(&Method::POST, "/o/a/users/u/presence/android_1/1").unwrap();
+        let path = Path::parse("/o/a/users/u/presence/android_1/1").unwrap();
+        let set = path.classify(&Method::POST).unwrap();
         assert_eq!(
             (set.endpoint, set.param, set.status),
             (Endpoint::PresenceSet, "android_1", "1")
@@ -248,7 +432,8 @@ mod tests {
             endpoint(Method::POST, "/app-id/x/messages/users"),
             Endpoint::MessagesSend
         );
-        let legacy = classify(&Method::POST, "/o/a/messages").unwrap();
+        let path = Path::parse("/o/a/messages").unwrap();
+        let legacy = path.classify(&Method::POST).unwrap();
         assert_eq!(
             (legacy.endpoint, legacy.param),
             (Endpoint::MessagesSend, LEGACY_SEND)
@@ -275,20 +460,71 @@ mod tests {
 
     #[test]
     fn paths_without_an_app_prefix_are_not_classified() {
-        assert!(classify(&Method::GET, "/").is_none());
-        assert!(classify(&Method::GET, "/healthz").is_none());
-        assert!(classify(&Method::GET, "//x").is_none());
-        assert!(classify(&Method::GET, "no-slash").is_none());
+        for path in ["/", "/healthz", "//x", "no-slash"] {
+            assert!(endpoint_of(&Method::GET, path).is_none(), "{path}");
+        }
     }
 
     #[test]
-    fn suffix_follows_the_app_prefix() {
+    fn segments_are_decoded_once_and_re_encoded_canonically() {
+        let path = Path::parse("/app-id/x/users/b%6Fb%20%E5%BC%A0/offline_msg_count").unwrap();
+        let route = path.classify(&Method::GET).unwrap();
+        assert_eq!(route.user, "bob 张");
+        assert_eq!(route.endpoint, Endpoint::OfflineMsgCount);
+        assert_eq!(path.suffix(), "/users/bob%20%E5%BC%A0/offline_msg_count");
+        assert_eq!(Path::parse("/o/a").unwrap().suffix(), "");
         assert_eq!(
-            suffix("/app-id/x/users/u/offline_msg_count"),
-            "/users/u/offline_msg_count"
+            Path::parse("/o/a/messages/users").unwrap().suffix(),
+            "/messages/users"
         );
-        assert_eq!(suffix("/o/a/messages/users"), "/messages/users");
-        assert_eq!(suffix("/o/a"), "");
+    }
+
+    #[test]
+    fn dot_segments_encoded_slashes_controls_and_bad_escapes_are_refused() {
+        for (path, why) in [
+            ("/app-id/x/../../admin", PathError::DotSegment),
+            ("/o/a/users/./offline_msg_count", PathError::DotSegment),
+            ("/o/a/users/%2e%2E/offline_msg_count", PathError::DotSegment),
+            ("/o/%2e/users", PathError::DotSegment),
+            (
+                "/o/a/users/a%2fb/offline_msg_count",
+                PathError::EncodedSlash,
+            ),
+            (
+                "/o/a/users/a%5Cb/offline_msg_count",
+                PathError::EncodedSlash,
+            ),
+            ("/o/a/users/a%00b/offline_msg_count", PathError::Control),
+            ("/o/a/users/a%7fb/offline_msg_count", PathError::Control),
+            ("/o/a/users/a%C2%85b/x", PathError::Control),
+            ("/o/a/users/a%zzb/offline_msg_count", PathError::Malformed),
+            ("/o/a/users/a%2/offline_msg_count", PathError::Malformed),
+            ("/o/a/users/%FF/offline_msg_count", PathError::Malformed),
+            ("/o/a/x/y/z/w/v/u/t/../s", PathError::DotSegment),
+        ] {
+            assert_eq!(Path::parse(path).unwrap_err(), why, "{path}");
+        }
+        // Dots inside a segment are ordinary characters.
+        assert!(Path::parse("/o/a/users/a..b/offline_msg_count").is_ok());
+    }
+
+    #[test]
+    fn endpoint_scopes_are_names_or_prefix_patterns() {
+        let set = EndpointSet::from_patterns(["offline_msg_*", "presence_batch_get"]).unwrap();
+        assert!(
+            set.contains(Endpoint::OfflineMsgCount) && set.contains(Endpoint::OfflineMsgStatus)
+        );
+        assert!(set.contains(Endpoint::PresenceBatchGet));
+        assert!(!set.contains(Endpoint::PresenceSet) && !set.contains(Endpoint::Other));
+        let all = EndpointSet::from_patterns(["*"]).unwrap();
+        assert!(Endpoint::ALL.iter().all(|e| all.contains(*e)));
+        assert!(!EndpointSet::KNOWN.contains(Endpoint::Other));
+        assert!(EndpointSet::KNOWN.contains(Endpoint::MessagesSend));
+        assert!(EndpointSet::KNOWN
+            .with(Endpoint::Other)
+            .contains(Endpoint::Other));
+        assert_eq!(EndpointSet::from_patterns(["users"]), Err("users"));
+        assert_eq!(EndpointSet::from_patterns(["nope_*"]), Err("nope_*"));
     }
 
     #[test]
@@ -296,6 +532,68 @@ mod tests {
         for e in Endpoint::ALL {
             assert_eq!(Endpoint::from_name(e.name()), Some(e));
             assert_eq!(Endpoint::ALL[e.index()], e);
+        }
+    }
+
+    /// Paths made of segments likely to matter: escapes, dots, slashes, controls, non-ASCII.
+    fn hostile_path() -> impl Strategy<Value = String> {
+        let segment = prop_oneof![
+            Just("users".to_owned()),
+            Just("app-id".to_owned()),
+            Just("offline_msg_count".to_owned()),
+            Just("presence".to_owned()),
+            Just(".".to_owned()),
+            Just("..".to_owned()),
+            Just("%2e%2E".to_owned()),
+            Just("%2F".to_owned()),
+            Just("%".to_owned()),
+            "[a-z%0-9A-F.\\\\ \u{7f}\u{85}张]{0,8}",
+            any::<String>(),
+        ];
+        prop::collection::vec(segment, 0..10).prop_map(|s| format!("/{}", s.join("/")))
+    }
+
+    proptest! {
+        #[test]
+        fn any_path_classifies_without_panic_and_never_routes_a_dot_segment(
+            raw in prop_oneof![hostile_path(), any::<String>()],
+            method in prop_oneof![Just(Method::GET), Just(Method::POST), Just(Method::DELETE)],
+        ) {
+            let Ok(path) = Path::parse(&raw) else { return Ok(()) };
+            let route = path.classify(&method);
+            let suffix = path.suffix();
+            for segment in suffix.split('/').skip(1) {
+                let decoded = percent_decode_str(segment).decode_utf8().unwrap();
+                prop_assert!(decoded != "." && decoded != "..", "{raw} → {suffix}");
+                prop_assert!(!decoded.contains(['/', '\\']));
+            }
+            if let Some(route) = route {
+                for part in [route.user, route.param, route.status] {
+                    prop_assert!(part != "." && part != "..");
+                    prop_assert!(!part.contains(['/', '\\']));
+                }
+            }
+        }
+
+        #[test]
+        fn the_canonical_path_round_trips(raw in prop_oneof![hostile_path(), any::<String>()]) {
+            let Ok(path) = Path::parse(&raw) else { return Ok(()) };
+            let prefix: Vec<_> = path.segments[..path.kept.min(2)]
+                .iter()
+                .map(|s| encode_segment(s).to_string())
+                .collect();
+            let canonical = format!("/{}{}", prefix.join("/"), path.suffix());
+            prop_assume!(path.kept >= 2);
+            let again = Path::parse(&canonical).expect("a canonical path parses");
+            prop_assert_eq!(&again.segments, &path.segments);
+            prop_assert_eq!(again.total, path.total);
+            prop_assert_eq!(again.suffix(), path.suffix());
+            prop_assert_eq!(
+                again.classify(&Method::GET),
+                path.classify(&Method::GET)
+            );
+            // Every canonical path is a valid URI path.
+            prop_assert!(canonical.parse::<http::uri::PathAndQuery>().is_ok(), "{canonical}");
         }
     }
 }

@@ -153,9 +153,9 @@ pub async fn run(listeners: Listeners, gateway: Arc<Gateway>, shutdown: impl Fut
     let api = serve(
         listeners.api,
         gateway.conn_limits.clone(),
-        move |req, _peer| {
+        move |req, peer| {
             let gateway = api_gateway.clone();
-            async move { Ok(pipeline::handle(&gateway, req).await) }
+            async move { Ok(pipeline::handle(&gateway, req, peer).await) }
         },
         signal(stopped.clone()),
     );

@@ -66,17 +66,21 @@ fn parse(value: &[u8]) -> Option<TraceContext> {
     })
 }
 
-/// `N` random lower-case hex digits (never all zero: the spec forbids it).
-fn random_hex<const N: usize>() -> [u8; N] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
+/// `N` random lower-case hex digits (never all zero: the spec forbids it). Also imgate's
+/// request ids and the emulator's ids: the one random-id helper.
+pub fn random_hex<const N: usize>() -> [u8; N] {
+    const {
+        assert!(
+            N % 2 == 0 && N <= 64,
+            "an even number of digits, at most 64"
+        )
+    };
     loop {
         let mut out = [0u8; N];
         let random: [u8; 32] = rand::random();
-        for (i, digit) in out.iter_mut().enumerate() {
-            let byte = random[i / 2];
-            *digit = HEX[usize::from(if i % 2 == 0 { byte >> 4 } else { byte & 0xf })];
-        }
-        if out.iter().any(|d| *d != b'0') {
+        if hex::encode_to_slice(&random[..N / 2], &mut out).is_ok()
+            && out.iter().any(|d| *d != b'0')
+        {
             return out;
         }
     }

@@ -210,10 +210,11 @@ async fn vendor_errors_are_relayed_verbatim() {
         )
         .await;
         resp.assert_error(400, "illegal_argument");
-        // An endpoint imgate does not know is passed through with the app token.
+        // An endpoint imgate does not know is not forwarded by default (see correctness.rs for
+        // clients allowed to call them).
         let resp = call(Method::GET, &format!("{base}/chatgroups"), None).await;
-        resp.assert_error(404, "service_resource_not_found");
-        assert_eq!(emu.requests("other").await, 1);
+        resp.assert_error(403, "imgate_endpoint_not_forwarded");
+        assert_eq!(emu.requests("other").await, 0);
     });
 }
 

@@ -82,6 +82,7 @@ fn client(name: &str, key: &str, per_second: u32) -> RawClient {
             per_second,
             burst: Some(per_second),
         }),
+        endpoints: None,
     }
 }
 

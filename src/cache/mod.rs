@@ -2,39 +2,48 @@
 //! ([`presence`]), with request coalescing, stale-while-revalidate, stale-if-error, and
 //! invalidation by the writes that pass through imgate.
 //!
-//! - Keys are 128-bit keyed hashes of (app, endpoint, user, parameters): a lookup allocates
-//!   nothing, and a collision is as likely as guessing the process's random key.
+//! Each file answers one question: [`keys`] what identifies a read (canonical segments and the
+//! app's vendor identity, hashed), [`flights`] which vendor call a miss shares (with its
+//! generation fence and drop guard), [`entry`] what an entry holds and how it renders, `store`
+//! where entries live (bounded by `max_entries`), [`presence`] how presence lookups merge, and
+//! `effects` what writes invalidate. This file reads and invalidates.
+//!
 //! - Concurrent misses for one key make one vendor call ([`Cache::read`]); the others wait for
 //!   it and share its answer or its error. Only 200 answers are stored.
 //! - Invalidation works by sequence marks: each entry remembers the sequence number current when
 //!   its vendor call started; invalidating a user's group records a newer number, which makes
-//!   every entry of the group (and any call still in flight for it) stale at once.
+//!   every entry of the group stale at once, keeps a call still in flight from storing its
+//!   answer, and keeps later reads from joining that call.
 //! - Offline counts are stored as their numbers, not their bodies, and rendered on a hit: a
 //!   million entries fit in well under 256 MiB. A body that would not render byte for byte as
 //!   the vendor sent it is stored whole instead.
 
 mod effects;
+mod entry;
+mod flights;
+mod keys;
 pub mod presence;
 mod store;
 
+pub use entry::{Body, Entry};
+pub use keys::{Key, Kind};
+
+use flights::Flights;
+use keys::Hashes;
 use store::Store;
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::hash::{BuildHasher, Hasher};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::StatusCode;
 use moka::future::Cache as Moka;
 use serde_json::Value;
 
 use crate::error::GatewayError;
-use crate::route::Endpoint;
 use crate::upstream::VendorResponse;
 
 /// One endpoint's cache policy.
@@ -112,155 +121,6 @@ impl CacheStatus {
     }
 }
 
-/// The cacheable reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// `offline_msg_count`.
-    OfflineCount,
-    /// `offline_msg_status`.
-    OfflineStatus,
-    /// `presence/sublist`.
-    Sublist,
-    /// Presence of one user.
-    Presence,
-}
-
-impl Kind {
-    /// The cacheable kind of an endpoint (presence batch gets are split per user elsewhere).
-    pub fn of(endpoint: Endpoint) -> Option<Kind> {
-        match endpoint {
-            Endpoint::OfflineMsgCount => Some(Kind::OfflineCount),
-            Endpoint::OfflineMsgStatus => Some(Kind::OfflineStatus),
-            Endpoint::PresenceSublist => Some(Kind::Sublist),
-            _ => None,
-        }
-    }
-
-    /// The `cache` label of `imgate_cache_entries`.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Kind::OfflineCount => "offline_count",
-            Kind::OfflineStatus => "offline_status",
-            Kind::Sublist => "sublist",
-            Kind::Presence => "presence",
-        }
-    }
-
-    /// Whether one entry per user holds this kind (invalidated by removing it), rather than a
-    /// group of entries (invalidated by a mark).
-    const fn is_exact(self) -> bool {
-        matches!(self, Kind::OfflineCount | Kind::Presence)
-    }
-
-    /// Every kind.
-    pub const ALL: [Kind; 4] = [
-        Kind::OfflineCount,
-        Kind::OfflineStatus,
-        Kind::Sublist,
-        Kind::Presence,
-    ];
-
-    /// The kind whose entries an endpoint's reads use (presence batch gets: presence per user).
-    pub fn cached_by(endpoint: Endpoint) -> Option<Kind> {
-        match endpoint {
-            Endpoint::PresenceBatchGet => Some(Kind::Presence),
-            other => Kind::of(other),
-        }
-    }
-
-    const fn tag(self) -> u8 {
-        self as u8
-    }
-}
-
-/// What a cached answer holds.
-#[derive(Debug)]
-pub enum Body {
-    /// The vendor's JSON body as sent.
-    Json(Bytes),
-    /// An offline count, rendered on a hit exactly as the vendor sent it.
-    OfflineCount {
-        /// The vendor's `uri` up to the request path (shared by every entry of an app).
-        uri_base: Arc<str>,
-        /// `data.{user}`.
-        count: u64,
-        /// `timestamp`.
-        timestamp: u64,
-        /// `duration`.
-        duration: u64,
-    },
-}
-
-/// A cached 200 answer. Kept small: a million of them must fit in the memory budget.
-#[derive(Debug)]
-pub struct Entry {
-    /// When the vendor answered (for `Age`).
-    pub stored_at: Instant,
-    /// Fresh for this many milliseconds after `stored_at`…
-    fresh_ms: u32,
-    /// …and servable (stale) for this many.
-    alive_ms: u32,
-    /// Sequence number current when the vendor call started (see the module notes).
-    seq: u64,
-    /// Whether group invalidations apply (a `delivered` status is final: they do not).
-    invalidatable: bool,
-    /// Hash of the app's name, for purges by app.
-    app: u64,
-    refreshing: AtomicBool,
-    /// The answer.
-    pub body: Body,
-}
-
-impl Entry {
-    /// An entry stored now: fresh for `ttl`, then servable for the policy's stale windows.
-    fn new(
-        ttl: Duration,
-        policy: &CachePolicy,
-        seq: u64,
-        invalidatable: bool,
-        app: u64,
-        body: Body,
-    ) -> Entry {
-        let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
-        let stale = policy.stale_while_revalidate.max(policy.stale_if_error);
-        Entry {
-            stored_at: Instant::now(),
-            fresh_ms: ms(ttl),
-            alive_ms: ms(ttl + stale),
-            seq,
-            invalidatable,
-            app,
-            refreshing: AtomicBool::new(false),
-            body,
-        }
-    }
-
-    /// The end of the entry's freshness.
-    fn fresh_until(&self) -> Instant {
-        self.stored_at + Duration::from_millis(u64::from(self.fresh_ms))
-    }
-
-    /// Whether the entry may still be served (fresh, or within a stale window).
-    fn is_alive(&self) -> bool {
-        self.stored_at.elapsed() < Duration::from_millis(u64::from(self.alive_ms))
-    }
-
-    /// The body bytes; `path`, `suffix` and `user` are the request's (for a rendered count).
-    pub fn body_bytes(&self, path: &str, suffix: &str, user: &str) -> Bytes {
-        match &self.body {
-            Body::Json(bytes) => bytes.clone(),
-            Body::OfflineCount {
-                uri_base,
-                count,
-                timestamp,
-                duration,
-            } => Bytes::from(render_count(
-                uri_base, path, suffix, user, *count, *timestamp, *duration,
-            )),
-        }
-    }
-}
-
 /// A cache read's answer.
 pub enum Answer {
     /// From the cache.
@@ -274,102 +134,6 @@ pub type Fetch = Pin<Box<dyn Future<Output = Result<VendorResponse, GatewayError
 
 /// A vendor result shared with every waiter.
 pub type Shared = Result<Arc<VendorResponse>, Arc<GatewayError>>;
-
-/// What identifies a cached read: its kind, app, user and extra parameters.
-#[derive(Debug, Clone, Copy)]
-pub struct Key<'a> {
-    /// The kind of read.
-    pub kind: Kind,
-    /// The app's configured name.
-    pub app: &'a str,
-    /// The user the read is about.
-    pub user: &'a str,
-    /// Message id or query string; empty for counts and presence.
-    pub extra: &'a str,
-}
-
-/// Cache key hashes: two independently keyed SipHash-1-3 hashes of the same fields.
-#[derive(Clone)]
-struct Hashes {
-    a: std::collections::hash_map::RandomState,
-    b: std::collections::hash_map::RandomState,
-}
-
-impl Hashes {
-    fn new() -> Hashes {
-        Hashes {
-            a: Default::default(),
-            b: Default::default(),
-        }
-    }
-
-    fn hash(&self, fields: &[&[u8]]) -> u128 {
-        let one = |state: &std::collections::hash_map::RandomState| {
-            let mut h = state.build_hasher();
-            for field in fields {
-                // Length-prefixed, so ("ab","c") and ("a","bc") differ.
-                h.write_usize(field.len());
-                h.write(field);
-            }
-            h.finish()
-        };
-        (u128::from(one(&self.a)) << 64) | u128::from(one(&self.b))
-    }
-
-    /// The entry key of a read.
-    fn entry(&self, key: &Key<'_>) -> u128 {
-        self.hash(&[
-            &[key.kind.tag()],
-            key.app.as_bytes(),
-            key.user.as_bytes(),
-            key.extra.as_bytes(),
-        ])
-    }
-
-    /// The hash of an app's name that entries carry.
-    fn app(&self, app: &str) -> u64 {
-        self.hash(&[app.as_bytes()]) as u64
-    }
-
-    /// The group key of a user's reads of one kind (what invalidation marks).
-    fn group(&self, kind: Kind, app: &str, user: &str) -> u128 {
-        self.hash(&[&[kind.tag() | 0x80], app.as_bytes(), user.as_bytes()])
-    }
-}
-
-/// Calls in flight, by entry key, so that concurrent misses share one.
-struct Flights {
-    shards: Vec<Mutex<HashMap<u128, Arc<tokio::sync::OnceCell<Shared>>>>>,
-}
-
-impl Flights {
-    fn new() -> Flights {
-        Flights {
-            shards: (0..32).map(|_| Mutex::new(HashMap::new())).collect(),
-        }
-    }
-
-    fn shard(
-        &self,
-        key: u128,
-    ) -> std::sync::MutexGuard<'_, HashMap<u128, Arc<tokio::sync::OnceCell<Shared>>>> {
-        let shard = &self.shards[(key as usize) % self.shards.len()];
-        shard
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn join(&self, key: u128) -> Arc<tokio::sync::OnceCell<Shared>> {
-        self.shard(key).entry(key).or_default().clone()
-    }
-
-    fn leave(&self, key: u128, flight: &Arc<tokio::sync::OnceCell<Shared>>) {
-        let mut shard = self.shard(key);
-        if shard.get(&key).is_some_and(|f| Arc::ptr_eq(f, flight)) {
-            shard.remove(&key);
-        }
-    }
-}
 
 /// The read cache of one gateway.
 pub struct Cache {
@@ -537,7 +301,8 @@ impl Cache {
     }
 
     /// Joins (or starts) the call in flight for `key`; returns its result and whether this
-    /// request made the call. The maker stores a 200 answer before the waiters wake.
+    /// request made the call. The maker stores a 200 answer before the waiters wake. A call
+    /// that started before the key's last invalidation is not joined.
     async fn fetch_shared(
         &self,
         key: &Key<'_>,
@@ -545,25 +310,35 @@ impl Cache {
         fetch: impl FnOnce() -> Fetch,
     ) -> (Shared, bool) {
         let entry_key = self.hashes.entry(key);
-        let flight = self.flights.join(entry_key);
+        let fence = self.fence(key.kind, key.app, key.user).await;
+        let flight = self
+            .flights
+            .join(entry_key, fence, || self.seq.load(Ordering::Acquire));
         let led = AtomicBool::new(false);
         let shared = flight
+            .result
             .get_or_init(|| async {
                 led.store(true, Ordering::Relaxed);
-                let seq = self.seq.load(Ordering::Acquire);
                 let result = fetch().await;
                 if let Ok(response) = &result {
-                    self.store(key, entry_key, path, response, seq).await;
+                    self.store(key, entry_key, path, response, flight.seq).await;
                 }
                 result.map(Arc::new).map_err(Arc::new)
             })
             .await
             .clone();
-        let led = led.load(Ordering::Relaxed);
-        if led {
-            self.flights.leave(entry_key, &flight);
-        }
-        (shared, led)
+        (shared, led.load(Ordering::Relaxed))
+    }
+
+    /// The sequence number of the last invalidation of `user`'s reads of `kind` (0: none).
+    async fn fence(&self, kind: Kind, app: &str, user: &str) -> u64 {
+        let group = self.hashes.group(kind, app, user);
+        self.marks.get(&group).await.unwrap_or(0)
+    }
+
+    /// Vendor calls in flight for cached reads now (abandoned ones leave at once).
+    pub fn calls_in_flight(&self) -> usize {
+        self.flights.len()
     }
 
     /// Stores a 200 answer of the vendor for `key`, fetched from sequence `seq` on.
@@ -579,7 +354,8 @@ impl Cache {
             return;
         }
         let policy = self.policy(key.kind);
-        let delivered = key.kind == Kind::OfflineStatus && is_delivered(&response.body, key.extra);
+        let delivered =
+            key.kind == Kind::OfflineStatus && entry::is_delivered(&response.body, key.extra);
         let ttl = if delivered {
             self.settings.delivered_ttl
         } else {
@@ -612,21 +388,12 @@ impl Cache {
 
     /// The compact form of an offline-count answer, if it renders back byte for byte.
     fn compact_count(&self, response: &VendorResponse, path: &str, user: &str) -> Option<Body> {
-        let content_type = response.headers.get(CONTENT_TYPE)?;
-        if content_type != JSON {
+        if response.headers.get(CONTENT_TYPE)? != JSON {
             return None;
         }
-        let v: Value = serde_json::from_slice(&response.body).ok()?;
-        let uri = v.get("uri")?.as_str()?;
-        let uri_base = uri.strip_suffix(path)?;
-        let suffix = v.get("path")?.as_str()?;
-        let count = v.get("data")?.get(user)?.as_u64()?;
-        let timestamp = v.get("timestamp")?.as_u64()?;
-        let duration = v.get("duration")?.as_u64()?;
-        let rendered = render_count(uri_base, path, suffix, user, count, timestamp, duration);
-        if rendered != response.body {
-            return None;
-        }
+        let value: Value = serde_json::from_slice(&response.body).ok()?;
+        let (uri_base, count, timestamp, duration) =
+            entry::parse_count(&response.body, &value, path, user)?;
         Some(Body::OfflineCount {
             uri_base: self.intern(uri_base),
             count,
@@ -645,7 +412,8 @@ impl Cache {
         base
     }
 
-    /// Makes every cached read of `kind` about `user` stale now, including calls in flight.
+    /// Makes every cached read of `kind` about `user` of `app` (its vendor identity) stale now;
+    /// calls in flight may finish, but are neither stored nor joined any more.
     pub async fn invalidate(&self, kind: Kind, app: &str, user: &str) {
         let mark = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
         self.marks
@@ -662,7 +430,7 @@ impl Cache {
         }
     }
 
-    /// Drops the entries of `kind` that belong to `apps`.
+    /// Drops the entries of `kind` that belong to `apps` (vendor identities).
     pub async fn purge_apps(&self, kind: Kind, apps: &[&str]) {
         let hashes: Vec<u64> = apps.iter().map(|a| self.hashes.app(a)).collect();
         self.entries(kind)
@@ -685,48 +453,73 @@ fn vendor_failed(status: StatusCode) -> bool {
     status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS
 }
 
-fn is_delivered(body: &[u8], msg_id: &str) -> bool {
-    serde_json::from_slice::<Value>(body)
-        .ok()
-        .and_then(|v| {
-            v.get("data")?
-                .get(msg_id)?
-                .as_str()
-                .map(|s| s == "delivered")
-        })
-        .unwrap_or(false)
-}
-
-/// The vendor's offline-count body, field by field as the vendor writes it.
-fn render_count(
-    uri_base: &str,
-    path: &str,
-    suffix: &str,
-    user: &str,
-    count: u64,
-    timestamp: u64,
-    duration: u64,
-) -> Vec<u8> {
-    let mut numbers = itoa::Buffer::new();
-    let mut out = Vec::with_capacity(160 + uri_base.len() + path.len() + suffix.len() + user.len());
-    out.extend_from_slice(br#"{"action":"get","uri":""#);
-    out.extend_from_slice(uri_base.as_bytes());
-    out.extend_from_slice(path.as_bytes());
-    out.extend_from_slice(br#"","path":""#);
-    out.extend_from_slice(suffix.as_bytes());
-    out.extend_from_slice(br#"","entities":[],"data":{""#);
-    out.extend_from_slice(user.as_bytes());
-    out.extend_from_slice(br#"":"#);
-    out.extend_from_slice(numbers.format(count).as_bytes());
-    out.extend_from_slice(br#"},"timestamp":"#);
-    out.extend_from_slice(numbers.format(timestamp).as_bytes());
-    out.extend_from_slice(br#","duration":"#);
-    out.extend_from_slice(numbers.format(duration).as_bytes());
-    out.extend_from_slice(br#","count":0}"#);
-    out
-}
-
 /// The content type of cached JSON answers.
 pub fn json_content_type() -> HeaderValue {
     HeaderValue::from_static(JSON)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn settings(max_entries: u64) -> CacheSettings {
+        let policy = CachePolicy {
+            ttl: Duration::from_secs(60),
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            max_entries,
+        };
+        CacheSettings {
+            offline_count: policy,
+            offline_status: policy,
+            delivered_ttl: Duration::from_secs(60),
+            presence: policy,
+            sublist: policy,
+            batch_window: Duration::from_millis(2),
+            max_batch_users: 100,
+        }
+    }
+
+    fn key(user: &str) -> Key<'_> {
+        Key {
+            kind: Kind::OfflineStatus,
+            app: "app-id/x",
+            user,
+            extra: "1",
+        }
+    }
+
+    fn answer() -> Fetch {
+        Box::pin(std::future::ready(Ok(VendorResponse {
+            status: StatusCode::OK,
+            headers: http::HeaderMap::new(),
+            body: Bytes::from_static(br#"{"data":{"1":"undelivered"}}"#),
+            elapsed: Duration::ZERO,
+        })))
+    }
+
+    #[tokio::test]
+    async fn a_call_abandoned_by_its_only_caller_leaves_the_table() {
+        let cache = Arc::new(Cache::new(settings(100)));
+        let abandoned = key("u");
+        let read = cache.read(&abandoned, "/p", || Box::pin(std::future::pending()));
+        let waited = tokio::time::timeout(Duration::from_millis(20), read).await;
+        assert!(waited.is_err(), "the vendor never answers");
+        assert_eq!(cache.calls_in_flight(), 0);
+        let answered = cache.read(&key("u"), "/p", answer).await;
+        assert!(matches!(answered, Ok(Answer::Vendor(_, CacheStatus::Miss))));
+        assert_eq!(cache.calls_in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn no_more_than_max_entries_are_held() {
+        let cache = Arc::new(Cache::new(settings(10)));
+        for i in 0..200 {
+            let user = format!("user{i}");
+            assert!(cache.read(&key(&user), "/p", answer).await.is_ok());
+        }
+        let held = cache.entry_counts().await[Kind::OfflineStatus as usize].1;
+        assert!((1..=10).contains(&held), "{held} held");
+    }
 }

@@ -9,14 +9,15 @@
 //! users each, rather than once per window with a few.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::StatusCode;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use super::{Body, Cache, CacheStatus, Entry, Fetch, Key, Kind};
 use crate::error::GatewayError;
@@ -35,45 +36,105 @@ pub fn parse_request(body: &[u8], max: usize) -> Option<Vec<String>> {
     (request.usernames.len() <= max).then_some(request.usernames)
 }
 
-/// How a merged vendor call ended.
+/// How one vendor call for some users ended.
 #[derive(Clone)]
 pub enum BatchOutcome {
     /// 200: each user's presence entry as the vendor wrote it (users it omitted are absent).
     Found(Arc<HashMap<String, Bytes>>),
-    /// The vendor answered something else: passed on to the callers.
+    /// The vendor answered something else: passed on to the caller it belongs to.
     Refused(Arc<VendorResponse>),
     /// No answer from the vendor.
     Failed(Arc<GatewayError>),
 }
 
-/// Builds the vendor call for a merged batch: the caller uid of the path, and the users.
+/// How a merged call ended, for every request that waited on it.
+enum Flushed {
+    /// The merged call answered 200.
+    Found(Arc<HashMap<String, Bytes>>),
+    /// It did not: each requesting caller's own call (its users, under its own uid), so that
+    /// no caller ever sees another's error or user ids.
+    PerCaller(HashMap<String, (Vec<String>, BatchOutcome)>),
+    /// The flush ended without an outcome (it panicked).
+    Abandoned,
+}
+
+/// Builds the vendor call for some users: the caller uid of the path, and the users.
 pub type SendBatch = Arc<dyn Fn(&str, &[String]) -> Fetch + Send + Sync>;
+
+/// The app a presence lookup is for.
+#[derive(Debug, Clone, Copy)]
+pub struct PresenceApp<'a> {
+    /// Its vendor identity (what its entries are keyed by).
+    pub key: &'a str,
+    /// The running app instance: batches never outlive it, nor mix two instances of one name.
+    pub instance: u64,
+}
+
+type Done = watch::Sender<Option<Arc<Flushed>>>;
+type Wait = watch::Receiver<Option<Arc<Flushed>>>;
 
 struct Batch {
     users: Vec<String>,
-    caller: String,
+    /// Each caller uid that added users, and the users it added.
+    requests: Vec<(String, Vec<String>)>,
     send: SendBatch,
-    done: watch::Sender<Option<BatchOutcome>>,
+    done: Done,
     /// Wakes the flush early when the batch is full.
-    full: Arc<tokio::sync::Notify>,
+    full: Arc<Notify>,
+    /// The sequence number its call started at (0 until it starts).
+    started: Arc<AtomicU64>,
+}
+
+impl Batch {
+    fn new(send: SendBatch) -> Batch {
+        Batch {
+            users: Vec::new(),
+            requests: Vec::new(),
+            send,
+            done: watch::channel(None).0,
+            full: Arc::new(Notify::new()),
+            started: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn add(&mut self, caller: &str, user: String) {
+        match self.requests.iter_mut().find(|(c, _)| c == caller) {
+            Some((_, users)) => users.push(user.clone()),
+            None => self.requests.push((caller.to_owned(), vec![user.clone()])),
+        }
+        self.users.push(user);
+    }
+}
+
+/// A user whose presence is on its way.
+struct Pending {
+    done: Wait,
+    started: Arc<AtomicU64>,
 }
 
 #[derive(Default)]
 struct AppBatches {
     open: Option<Batch>,
-    /// Users whose presence is on its way, and the outcome to wait for.
-    pending: HashMap<String, watch::Receiver<Option<BatchOutcome>>>,
+    pending: HashMap<String, Pending>,
     /// Merged calls of this app in flight.
     in_flight: usize,
     /// Signalled when one of them ends.
-    call_ended: Arc<tokio::sync::Notify>,
+    call_ended: Arc<Notify>,
+    /// A caller uid the vendor accepted: merged calls of several callers go out under it.
+    accepted: Option<String>,
 }
 
-/// Merges presence lookups into vendor batch calls, per app.
+impl AppBatches {
+    fn is_idle(&self) -> bool {
+        self.open.is_none() && self.pending.is_empty() && self.in_flight == 0
+    }
+}
+
+/// Merges presence lookups into vendor batch calls, per app instance.
 pub struct Batcher {
     window: Duration,
     max_users: usize,
-    apps: Mutex<HashMap<String, AppBatches>>,
+    apps: Mutex<HashMap<u64, AppBatches>>,
 }
 
 impl Batcher {
@@ -84,6 +145,10 @@ impl Batcher {
             max_users,
             apps: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, AppBatches>> {
+        self.apps.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -99,7 +164,7 @@ pub struct BatchAnswer {
 
 /// What a batch get could not answer from the cache.
 pub enum BatchError {
-    /// The vendor's own answer to the merged call (an error status).
+    /// The vendor's own answer to this caller's call (an error status).
     Vendor(Arc<VendorResponse>),
     /// imgate's error.
     Gateway(Arc<GatewayError>),
@@ -110,7 +175,7 @@ impl Cache {
     /// cache, the others through the batcher. `caller` is the `{uid}` of the request's path.
     pub async fn presence(
         self: &Arc<Self>,
-        app: &str,
+        app: PresenceApp<'_>,
         caller: &str,
         users: &[String],
         send: SendBatch,
@@ -125,7 +190,7 @@ impl Cache {
         for user in unique(users) {
             let key = Key {
                 kind: Kind::Presence,
-                app,
+                app: app.key,
                 user,
                 extra: "",
             };
@@ -134,7 +199,7 @@ impl Cache {
                     found.insert(user, (e, false));
                 }
                 Some(e) if now < e.fresh_until() + policy.stale_while_revalidate => {
-                    if !e.refreshing.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                    if !e.refreshing.swap(true, Ordering::AcqRel) {
                         revalidate.push(user.to_owned());
                     }
                     found.insert(user, (e, true));
@@ -149,16 +214,21 @@ impl Cache {
             }
         }
         if !revalidate.is_empty() {
-            let (cache, app, caller, send, sizes) = (
+            let (cache, key, instance, caller, send, sizes) = (
                 self.clone(),
-                app.to_owned(),
+                app.key.to_owned(),
+                app.instance,
                 caller.to_owned(),
                 send.clone(),
                 sizes.clone(),
             );
             tokio::spawn(async move {
+                let app = PresenceApp {
+                    key: &key,
+                    instance,
+                };
                 cache
-                    .fetch_presence(&app, &caller, revalidate, send, &sizes)
+                    .fetch_presence(app, &caller, revalidate, send, &sizes)
                     .await;
             });
         }
@@ -178,33 +248,26 @@ impl Cache {
                 CacheStatus::Coalesced
             };
             for outcome in outcomes {
-                match outcome {
+                let failure = match outcome {
                     BatchOutcome::Found(map) => {
-                        fetched.extend(map.iter().map(|(u, b)| (u.clone(), b.clone())))
+                        fetched.extend(map.iter().map(|(u, b)| (u.clone(), b.clone())));
+                        continue;
                     }
-                    failure => {
-                        // The vendor failed: stale entries may stand in for every missing user.
-                        let vendor_failed = match &failure {
-                            BatchOutcome::Refused(r) => super::vendor_failed(r.status),
-                            BatchOutcome::Failed(e) => e.is_vendor_failure(),
-                            BatchOutcome::Found(_) => false,
-                        };
-                        if vendor_failed
-                            && missing.iter().all(|u| fallback.contains_key(u.as_str()))
-                        {
-                            for (user, entry) in fallback.drain() {
-                                found.insert(user, (entry, true));
-                            }
-                            status = CacheStatus::Stale;
-                            continue;
-                        }
-                        return Err(match failure {
-                            BatchOutcome::Refused(r) => BatchError::Vendor(r),
-                            BatchOutcome::Failed(e) => BatchError::Gateway(e),
-                            BatchOutcome::Found(_) => unreachable!("handled above"),
-                        });
-                    }
+                    BatchOutcome::Refused(r) => BatchError::Vendor(r),
+                    BatchOutcome::Failed(e) => BatchError::Gateway(e),
+                };
+                // The vendor failed: stale entries may stand in for every missing user.
+                let vendor_failed = match &failure {
+                    BatchError::Vendor(r) => super::vendor_failed(r.status),
+                    BatchError::Gateway(e) => e.is_vendor_failure(),
+                };
+                if !vendor_failed || !missing.iter().all(|u| fallback.contains_key(u.as_str())) {
+                    return Err(failure);
                 }
+                for (user, entry) in fallback.drain() {
+                    found.insert(user, (entry, true));
+                }
+                status = CacheStatus::Stale;
             }
         }
         let mut age = Duration::ZERO;
@@ -235,56 +298,67 @@ impl Cache {
         })
     }
 
-    /// Gets `users` through the batcher: joins the calls already on their way for some, and
-    /// adds the others to the open batch. Returns the outcomes to combine, and whether this
-    /// request opened a batch it waited on.
+    /// Gets `users` through the batcher: joins the calls already on their way for some (unless
+    /// they started before the user's presence was last invalidated), and adds the others to
+    /// the open batch. Returns the outcomes that concern this caller, and whether this request
+    /// opened a batch it waited on.
     async fn fetch_presence(
         self: &Arc<Self>,
-        app: &str,
+        app: PresenceApp<'_>,
         caller: &str,
         users: Vec<String>,
         send: SendBatch,
         sizes: &prometheus::Histogram,
     ) -> (Vec<BatchOutcome>, bool) {
-        let mut waits: Vec<watch::Receiver<Option<BatchOutcome>>> = Vec::new();
+        let mut fences = Vec::with_capacity(users.len());
+        for user in &users {
+            fences.push(self.fence(Kind::Presence, app.key, user).await);
+        }
+        let mut waits: Vec<(Wait, Vec<String>)> = Vec::new();
+        let mut wait_for = |done: &Wait, user: String| match waits
+            .iter_mut()
+            .find(|(w, _)| w.same_channel(done))
+        {
+            Some((_, users)) => users.push(user),
+            None => waits.push((done.clone(), vec![user])),
+        };
         let mut led = false;
         {
-            let mut apps = self.batcher.apps.lock().unwrap_or_else(|p| p.into_inner());
-            let batches = apps.entry(app.to_owned()).or_default();
-            for user in users {
+            let mut apps = self.batcher.lock();
+            let batches = apps.entry(app.instance).or_default();
+            for (user, fence) in users.into_iter().zip(fences) {
                 if let Some(pending) = batches.pending.get(&user) {
-                    waits.push(pending.clone());
-                    continue;
+                    let started = pending.started.load(Ordering::Acquire);
+                    if started == 0 || started >= fence {
+                        wait_for(&pending.done, user);
+                        continue;
+                    }
                 }
                 if batches
                     .open
                     .as_ref()
                     .is_none_or(|b| b.users.len() >= self.batcher.max_users)
                 {
-                    let (done, _) = watch::channel(None);
-                    let batch = Batch {
-                        users: Vec::new(),
-                        caller: caller.to_owned(),
-                        send: send.clone(),
-                        done,
-                        full: Arc::new(tokio::sync::Notify::new()),
-                    };
+                    let batch = Batch::new(send.clone());
                     let (full, receiver) = (batch.full.clone(), batch.done.subscribe());
                     // A full batch is replaced; the flush task finds its own by its channel.
                     if let Some(previous) = batches.open.replace(batch) {
                         batches.in_flight += 1;
                         self.spawn_flush_now(app, previous, sizes);
                     }
-                    self.spawn_flush(app.to_owned(), receiver, full, sizes.clone());
+                    self.spawn_flush(app, receiver, full, sizes.clone());
                     led = true;
                 }
-                let open = batches.open.as_mut().expect("just opened");
-                let receiver = open.done.subscribe();
-                if !waits.iter().any(|w| w.same_channel(&receiver)) {
-                    waits.push(receiver.clone());
-                }
-                batches.pending.insert(user.clone(), receiver);
-                open.users.push(user);
+                let Some(open) = batches.open.as_mut() else {
+                    continue;
+                };
+                let pending = Pending {
+                    done: open.done.subscribe(),
+                    started: open.started.clone(),
+                };
+                wait_for(&pending.done, user.clone());
+                batches.pending.insert(user.clone(), pending);
+                open.add(caller, user);
             }
             if let Some(open) = batches
                 .open
@@ -296,15 +370,29 @@ impl Cache {
         }
         let mut outcomes = Vec::new();
         let mut seen = HashSet::new();
-        for mut wait in waits {
-            let outcome = wait
+        for (mut wait, users) in waits {
+            let flushed = wait
                 .wait_for(Option::is_some)
                 .await
                 .ok()
-                .and_then(|o| o.clone());
-            let outcome = outcome
-                .unwrap_or_else(|| BatchOutcome::Failed(Arc::new(GatewayError::BatchAbandoned)));
-            // One outcome per batch, however many users waited on it.
+                .and_then(|f| f.clone());
+            let outcome = match flushed.as_deref() {
+                None | Some(Flushed::Abandoned) => {
+                    BatchOutcome::Failed(Arc::new(GatewayError::BatchAbandoned))
+                }
+                Some(Flushed::Found(map)) => BatchOutcome::Found(map.clone()),
+                Some(Flushed::PerCaller(calls)) => match calls.get(caller) {
+                    Some((asked, own)) if users.iter().all(|u| asked.contains(u)) => own.clone(),
+                    // The merged call failed and this caller's own call did not cover these
+                    // users: ask for them alone, under this caller's uid.
+                    _ => {
+                        let seq = self.current_seq();
+                        self.presence_call(app.key, &send, caller, &users, seq)
+                            .await
+                    }
+                },
+            };
+            // One outcome per call, however many users waited on it.
             let id = match &outcome {
                 BatchOutcome::Found(m) => Arc::as_ptr(m) as *const () as usize,
                 BatchOutcome::Refused(r) => Arc::as_ptr(r) as *const () as usize,
@@ -320,22 +408,26 @@ impl Cache {
     /// Flushes the batch whose outcome `receiver` awaits once the window passes (or it fills).
     fn spawn_flush(
         self: &Arc<Self>,
-        app: String,
-        receiver: watch::Receiver<Option<BatchOutcome>>,
-        full: Arc<tokio::sync::Notify>,
+        app: PresenceApp<'_>,
+        receiver: Wait,
+        full: Arc<Notify>,
         sizes: prometheus::Histogram,
     ) {
-        let cache = self.clone();
+        let (cache, key, instance) = (self.clone(), app.key.to_owned(), app.instance);
         let window = self.batcher.window;
         tokio::spawn(async move {
+            let app = PresenceApp {
+                key: &key,
+                instance,
+            };
             tokio::select! {
                 () = tokio::time::sleep(window) => {}
                 () = full.notified() => {}
             }
             loop {
                 let call_ended = {
-                    let mut apps = cache.batcher.apps.lock().unwrap_or_else(|p| p.into_inner());
-                    match apps.get_mut(&app) {
+                    let mut apps = cache.batcher.lock();
+                    match apps.get_mut(&instance) {
                         // Gone, or already flushed because it filled up.
                         Some(b)
                             if b.open
@@ -360,7 +452,7 @@ impl Cache {
                     Ok(call_ended) => call_ended,
                     Err(batch) => {
                         if let Some(batch) = batch {
-                            cache.flush(&app, batch, &sizes).await;
+                            cache.flush(app, batch, &sizes).await;
                         }
                         return;
                     }
@@ -371,10 +463,8 @@ impl Cache {
                 ended.as_mut().enable();
                 let still_busy = cache
                     .batcher
-                    .apps
                     .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(&app)
+                    .get(&instance)
                     .is_some_and(|b| b.in_flight > 0);
                 if still_busy {
                     tokio::select! {
@@ -387,46 +477,122 @@ impl Cache {
     }
 
     /// Sends a full batch at once (the caller holds the lock and counts it in flight).
-    fn spawn_flush_now(self: &Arc<Self>, app: &str, batch: Batch, sizes: &prometheus::Histogram) {
-        let (cache, app, sizes) = (self.clone(), app.to_owned(), sizes.clone());
-        tokio::spawn(async move { cache.flush(&app, batch, &sizes).await });
+    fn spawn_flush_now(
+        self: &Arc<Self>,
+        app: PresenceApp<'_>,
+        batch: Batch,
+        sizes: &prometheus::Histogram,
+    ) {
+        let (cache, key, instance, sizes) = (
+            self.clone(),
+            app.key.to_owned(),
+            app.instance,
+            sizes.clone(),
+        );
+        tokio::spawn(async move {
+            let app = PresenceApp {
+                key: &key,
+                instance,
+            };
+            cache.flush(app, batch, &sizes).await;
+        });
     }
 
-    /// Sends one merged call, stores what it found, and wakes everyone waiting on it.
-    async fn flush(&self, app: &str, batch: Batch, sizes: &prometheus::Histogram) {
+    /// Sends one merged call (re-issued per caller if it fails), stores what it found, and
+    /// wakes everyone waiting on it. The bookkeeping is undone even if this panics.
+    async fn flush(
+        self: &Arc<Self>,
+        app: PresenceApp<'_>,
+        batch: Batch,
+        sizes: &prometheus::Histogram,
+    ) {
         sizes.observe(batch.users.len() as f64);
-        let seq = self.seq.load(std::sync::atomic::Ordering::Acquire);
-        let outcome = match (batch.send)(&batch.caller, &batch.users).await {
-            Ok(response) if response.status == StatusCode::OK => match split_result(&response.body)
-            {
-                Some(entries) => {
-                    for (user, bytes) in &entries {
-                        self.store_presence(app, user, bytes.clone(), seq).await;
-                    }
-                    BatchOutcome::Found(Arc::new(entries))
-                }
-                None => BatchOutcome::Refused(Arc::new(response)),
-            },
-            Ok(response) => BatchOutcome::Refused(Arc::new(response)),
-            Err(err) => BatchOutcome::Failed(Arc::new(err)),
+        let seq = self.current_seq();
+        batch.started.store(seq, Ordering::Release);
+        let mut landing = Landing {
+            cache: self,
+            instance: app.instance,
+            batch: &batch,
+            flushed: None,
         };
-        {
-            let mut apps = self.batcher.apps.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(batches) = apps.get_mut(app) {
-                batches.in_flight = batches.in_flight.saturating_sub(1);
-                batches.call_ended.notify_waiters();
-                for user in &batch.users {
-                    if batches
-                        .pending
-                        .get(user)
-                        .is_some_and(|r| r.same_channel(&batch.done.subscribe()))
-                    {
-                        batches.pending.remove(user);
-                    }
+        let callers: Vec<&str> = batch.requests.iter().map(|(c, _)| c.as_str()).collect();
+        let accepted = self
+            .batcher
+            .lock()
+            .get(&app.instance)
+            .and_then(|b| b.accepted.clone());
+        let uid = match (callers.as_slice(), &accepted) {
+            ([only], _) => *only,
+            (_, Some(accepted)) => accepted.as_str(),
+            (callers, None) => callers.first().copied().unwrap_or(""),
+        };
+        let merged = self
+            .presence_call(app.key, &batch.send, uid, &batch.users, seq)
+            .await;
+        let flushed = match merged {
+            BatchOutcome::Found(map) => {
+                if let Some(batches) = self.batcher.lock().get_mut(&app.instance) {
+                    batches.accepted = Some(uid.to_owned());
                 }
+                Flushed::Found(map)
+            }
+            failure if callers.len() == 1 => {
+                let (caller, users) = batch.requests[0].clone();
+                Flushed::PerCaller(HashMap::from([(caller, (users, failure))]))
+            }
+            _ => Flushed::PerCaller(self.per_caller(app, &batch, seq).await),
+        };
+        landing.flushed = Some(Arc::new(flushed));
+    }
+
+    /// Each requesting caller's users under its own uid, concurrently.
+    async fn per_caller(
+        self: &Arc<Self>,
+        app: PresenceApp<'_>,
+        batch: &Batch,
+        seq: u64,
+    ) -> HashMap<String, (Vec<String>, BatchOutcome)> {
+        let mut calls = tokio::task::JoinSet::new();
+        for (caller, users) in batch.requests.clone() {
+            let (cache, key, send) = (self.clone(), app.key.to_owned(), batch.send.clone());
+            calls.spawn(async move {
+                let outcome = cache.presence_call(&key, &send, &caller, &users, seq).await;
+                (caller, (users, outcome))
+            });
+        }
+        let mut outcomes = HashMap::new();
+        while let Some(done) = calls.join_next().await {
+            if let Ok((caller, outcome)) = done {
+                outcomes.insert(caller, outcome);
             }
         }
-        batch.done.send_replace(Some(outcome));
+        outcomes
+    }
+
+    /// One vendor call for `users` under `caller`'s uid; stores what it found.
+    async fn presence_call(
+        &self,
+        app: &str,
+        send: &SendBatch,
+        caller: &str,
+        users: &[String],
+        seq: u64,
+    ) -> BatchOutcome {
+        match send(caller, users).await {
+            Ok(response) if response.status == StatusCode::OK => {
+                match split_result(&response.body) {
+                    Some(entries) => {
+                        for (user, bytes) in &entries {
+                            self.store_presence(app, user, bytes.clone(), seq).await;
+                        }
+                        BatchOutcome::Found(Arc::new(entries))
+                    }
+                    None => BatchOutcome::Refused(Arc::new(response)),
+                }
+            }
+            Ok(response) => BatchOutcome::Refused(Arc::new(response)),
+            Err(err) => BatchOutcome::Failed(Arc::new(err)),
+        }
     }
 
     /// Stores one user's presence entry, as fetched from sequence `seq` on.
@@ -451,7 +617,46 @@ impl Cache {
 
     /// The sequence number a write-through refresh stores its entries with.
     pub fn current_seq(&self) -> u64 {
-        self.seq.load(std::sync::atomic::Ordering::Acquire)
+        self.seq.load(Ordering::Acquire)
+    }
+}
+
+/// A flushed batch's bookkeeping, undone on drop (also when the flush panics): the app's
+/// in-flight count, its pending users, and the outcome its waiters wake to.
+struct Landing<'a> {
+    cache: &'a Cache,
+    instance: u64,
+    batch: &'a Batch,
+    flushed: Option<Arc<Flushed>>,
+}
+
+impl Drop for Landing<'_> {
+    fn drop(&mut self) {
+        {
+            let mut apps = self.cache.batcher.lock();
+            if let Some(batches) = apps.get_mut(&self.instance) {
+                batches.in_flight = batches.in_flight.saturating_sub(1);
+                batches.call_ended.notify_waiters();
+                let done = &self.batch.done;
+                for user in &self.batch.users {
+                    if batches
+                        .pending
+                        .get(user)
+                        .is_some_and(|p| p.done.same_channel(&done.subscribe()))
+                    {
+                        batches.pending.remove(user);
+                    }
+                }
+                if batches.is_idle() {
+                    apps.remove(&self.instance);
+                }
+            }
+        }
+        let flushed = self
+            .flushed
+            .take()
+            .unwrap_or_else(|| Arc::new(Flushed::Abandoned));
+        self.batch.done.send_replace(Some(flushed));
     }
 }
 

@@ -4,8 +4,10 @@
 //! entries take 380–450 MiB), which alone would break the budget of a million offline counts
 //! in 256 MiB. So entries are grouped by their key's low bits into buckets of about eight, and
 //! moka holds the buckets: it still bounds the size, expires what is idle and evicts by
-//! frequency, while its per-entry cost is shared. A bucket is replaced whole on every change,
-//! through moka's per-key serialised `and_compute_with`, so that no concurrent change is lost.
+//! frequency, while its per-entry cost is shared. Each bucket weighs as many entries as it
+//! holds, so moka's bound is `max_entries` itself, not a number of buckets. A bucket is
+//! replaced whole on every change, through moka's per-key serialised `and_compute_with`, so
+//! that no concurrent change is lost.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +20,7 @@ use super::Entry;
 /// Average entries per bucket the store is sized for.
 const PER_BUCKET: u64 = 8;
 /// Most entries one bucket keeps (the oldest go first), so an unlucky bucket stays small.
-const MAX_PER_BUCKET: usize = 64;
+const MAX_PER_BUCKET: u64 = 64;
 
 /// A bucket: its entries and their full keys, replaced whole on every change.
 type Bucket = Arc<[(u128, Arc<Entry>)]>;
@@ -27,18 +29,22 @@ type Bucket = Arc<[(u128, Arc<Entry>)]>;
 pub struct Store {
     buckets: Moka<u64, Bucket>,
     mask: u64,
+    /// Most entries per bucket: never more than the whole store may hold.
+    per_bucket: usize,
 }
 
 impl Store {
-    /// A store for about `max_entries` entries, none older than `lifetime` unless rewritten.
+    /// A store of at most `max_entries` entries, none older than `lifetime` unless rewritten.
     pub fn new(max_entries: u64, lifetime: Duration) -> Store {
         let buckets = (max_entries / PER_BUCKET).max(1).next_power_of_two();
         Store {
             buckets: Moka::builder()
-                .max_capacity(buckets)
+                .max_capacity(max_entries)
+                .weigher(|_, bucket: &Bucket| u32::try_from(bucket.len()).unwrap_or(u32::MAX))
                 .time_to_live(lifetime)
                 .build(),
             mask: buckets - 1,
+            per_bucket: max_entries.clamp(1, MAX_PER_BUCKET) as usize,
         }
     }
 
@@ -55,8 +61,9 @@ impl Store {
 
     /// Stores `entry` under `key`, replacing any older one.
     pub async fn insert(&self, key: u128, entry: Arc<Entry>) {
+        let per_bucket = self.per_bucket;
         self.rewrite(key, move |slots| {
-            if slots.len() >= MAX_PER_BUCKET {
+            if slots.len() >= per_bucket {
                 let oldest = slots
                     .iter()
                     .enumerate()
@@ -138,7 +145,8 @@ impl Store {
         self.buckets.invalidate_all();
     }
 
-    /// Live entries (walks every bucket: for metrics, not for requests).
+    /// Live entries (walks every bucket: for metrics, not for requests); pending evictions
+    /// are applied first.
     pub async fn len(&self) -> u64 {
         self.buckets.run_pending_tasks().await;
         self.buckets

@@ -17,6 +17,7 @@ mod validate;
 pub use raw::*;
 pub use secret::resolve_secret;
 pub use settings::*;
+pub use validate::vendor_identity;
 
 /// A configuration problem, naming the field at fault (`apps[1].app_id: …`).
 #[derive(Debug, thiserror::Error)]

@@ -96,7 +96,8 @@ pub struct RawUpstream {
     pub pool_idle_timeout_ms: u64,
     /// Idle connections kept per vendor host.
     pub pool_max_idle_per_host: usize,
-    /// Forward endpoints imgate does not know (`Other`) with token injection.
+    /// Forward endpoints imgate does not know (`Other`) with the app token, for clients that
+    /// name no `endpoints` of their own.
     pub forward_other: bool,
 }
 
@@ -107,7 +108,7 @@ impl Default for RawUpstream {
             timeout_ms: 10_000,
             pool_idle_timeout_ms: 90_000,
             pool_max_idle_per_host: 256,
-            forward_other: true,
+            forward_other: false,
         }
     }
 }
@@ -158,6 +159,9 @@ pub struct RawClientTokens {
     /// Key that signs client tokens; a secret. Absent: a random key per process (tokens then
     /// do not survive a restart nor work across replicas).
     pub signing_key: Option<String>,
+    /// Wrong client credentials one source address may send to the token endpoint per
+    /// minute; past it, 429 until the minute is over.
+    pub max_failures_per_minute: u32,
 }
 
 impl Default for RawClientTokens {
@@ -165,6 +169,7 @@ impl Default for RawClientTokens {
         RawClientTokens {
             ttl_secs: 86_400,
             signing_key: None,
+            max_failures_per_minute: 10,
         }
     }
 }
@@ -368,6 +373,10 @@ pub struct RawClient {
     /// This client's quota on imgate (absent: `[limits] client_default`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RawRate>,
+    /// The endpoints this client may call, by name or `prefix*` (`other`: endpoints imgate
+    /// does not know); absent: every known endpoint, and others if `upstream.forward_other`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<Vec<String>>,
 }
 
 impl RawConfig {

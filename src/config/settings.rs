@@ -10,7 +10,7 @@ use super::LogFormat;
 use crate::cache::CacheSettings;
 use crate::cluster::ClusterSettings;
 use crate::limit::{LimitPolicy, WaitPolicy};
-use crate::route::Endpoint;
+use crate::route::{Endpoint, EndpointSet};
 use crate::server::ConnLimits;
 use crate::token::TokenPolicy;
 use crate::vendor::VendorKind;
@@ -42,6 +42,8 @@ pub struct Settings {
     pub client_token_ttl: Duration,
     /// Key that signs client tokens, when configured.
     pub client_token_key: Option<SecretString>,
+    /// Wrong client credentials per source address and minute at the token endpoint.
+    pub client_token_failures: u32,
     /// The read cache's policies.
     pub cache: CacheSettings,
     /// How long and how many calls wait for vendor permits.
@@ -177,4 +179,6 @@ pub struct ClientSettings {
     pub apps: Option<Vec<String>>,
     /// Its quota (`None`: unlimited).
     pub rate_limit: Option<LimitPolicy>,
+    /// The endpoints it may call.
+    pub endpoints: EndpointSet,
 }

@@ -17,7 +17,7 @@ use super::{
 };
 use crate::cache::{CachePolicy, CacheSettings};
 use crate::limit::{LimitPolicy, WaitPolicy};
-use crate::route::Endpoint;
+use crate::route::{Endpoint, EndpointSet};
 use crate::server::ConnLimits;
 use crate::token::TokenPolicy;
 use crate::vendor::{self, VendorKind};
@@ -78,6 +78,10 @@ impl RawConfig {
         let client_token_key = self.client_token_key(&mut found);
         let client_token_ttl =
             found.positive("client_tokens.ttl_secs", self.client_tokens.ttl_secs);
+        let client_token_failures = found.positive(
+            "client_tokens.max_failures_per_minute",
+            u64::from(self.client_tokens.max_failures_per_minute),
+        );
         let cache = validate_cache(&self.cache, &mut found);
         let max_waiters = found.positive("limits.max_waiters", self.limits.max_waiters as u64);
         // `None`: an error; `Some(None)`: no [cluster].
@@ -109,6 +113,7 @@ impl RawConfig {
                 token_policy: token_policy?,
                 client_token_ttl: Duration::from_secs(client_token_ttl?),
                 client_token_key: client_token_key?,
+                client_token_failures: u32::try_from(client_token_failures?).ok()?,
                 listen: listen?,
                 admin_listen: admin_listen?,
                 max_body_bytes: max_body_bytes? as usize,
@@ -183,7 +188,9 @@ impl RawConfig {
             .iter()
             .enumerate()
             .map(|(i, c)| {
-                validate_client(&format!("clients[{i}]"), c, &app_names, default_rate, found)
+                let at = format!("clients[{i}]");
+                let forward_other = self.upstream.forward_other;
+                validate_client(&at, c, &app_names, default_rate, forward_other, found)
             })
             .collect();
         duplicates(
@@ -199,7 +206,7 @@ impl RawConfig {
             "key",
             clients
                 .iter()
-                .map(|c| c.as_ref().map(|c| hex(&c.key_sha256))),
+                .map(|c| c.as_ref().map(|c| hex::encode(c.key_sha256))),
         );
         clients.into_iter().collect()
     }
@@ -407,7 +414,9 @@ fn validate_cache(raw: &RawCache, found: &mut Findings) -> Option<CacheSettings>
     })
 }
 
-fn vendor_identity(credentials: &Credentials) -> String {
+/// The vendor app credentials address (`app-id/{id}`, the id lower-cased, or `{org}/{app}`):
+/// unique per configuration, and what cache entries are keyed by.
+pub fn vendor_identity(credentials: &Credentials) -> String {
     match credentials {
         Credentials::Agora { app_id, .. } => {
             format!("vendor app app-id/{}", app_id.to_ascii_lowercase())
@@ -694,6 +703,7 @@ fn validate_client(
     client: &RawClient,
     apps: &[&str],
     default_rate: Option<LimitPolicy>,
+    forward_other: bool,
     found: &mut Findings,
 ) -> Option<ClientSettings> {
     let field = |name: &str| format!("{at}.{name}");
@@ -749,12 +759,27 @@ fn validate_client(
         Some(r) => Some(found.take(rate(&field("rate_limit"), r))?),
         None => default_rate,
     };
-    let key_sha256 = key_sha256?;
+    let endpoints = match &client.endpoints {
+        Some(list) => EndpointSet::from_patterns(list.iter().map(String::as_str))
+            .map_err(|p| {
+                let names: Vec<_> = Endpoint::ALL.iter().map(|e| e.name()).collect();
+                let why = format!(
+                    "{p:?} names no endpoint; the endpoints are {}",
+                    names.join(", ")
+                );
+                found.error(field("endpoints"), why);
+            })
+            .ok(),
+        None if forward_other => Some(EndpointSet::KNOWN.with(Endpoint::Other)),
+        None => Some(EndpointSet::KNOWN),
+    };
+    let (key_sha256, endpoints) = (key_sha256?, endpoints?);
     (found.errors.len() == errors_before).then(|| ClientSettings {
         name: client.name.clone(),
         key_sha256,
         apps: client.apps.clone(),
         rate_limit,
+        endpoints,
     })
 }
 
@@ -776,18 +801,9 @@ fn rate(field: &str, raw: RawRate) -> Result<LimitPolicy, ConfigError> {
 }
 
 fn parse_sha256(hex_text: &str) -> Option<[u8; 32]> {
-    if hex_text.len() != 64 {
-        return None;
-    }
     let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(hex_text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
+    hex::decode_to_slice(hex_text, &mut out).ok()?;
     Some(out)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -989,9 +1005,9 @@ mod tests {
 
     #[test]
     fn client_keys_may_be_given_as_sha256() {
-        let hash = hex(&Sha256::digest(b"svc-key-123"));
+        let hash = hex::encode(Sha256::digest(b"svc-key-123"));
         let text = GOOD.replace("key = \"svc-key-123\"", &format!("key_sha256 = \"{hash}\""));
         let s = RawConfig::parse(&text).unwrap().validate().unwrap();
-        assert_eq!(hex(&s.clients[0].key_sha256), hash);
+        assert_eq!(hex::encode(s.clients[0].key_sha256), hash);
     }
 }

@@ -326,14 +326,10 @@ fn usernames(
 }
 
 fn query_number(query: &str, name: &str, default: u64) -> Result<u64, VendorError> {
-    let value = query
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v);
+    let value = form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == name);
     match value {
         None => Ok(default),
-        Some(v) => v
+        Some((_, v)) => v
             .parse()
             .map_err(|_| illegal(&format!("{name} must be a number"))),
     }

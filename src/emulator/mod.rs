@@ -26,7 +26,7 @@ use tokio::net::TcpListener;
 
 pub use config::{EmulatedApp, EmulatorConfig, Faults};
 
-use crate::route::{classify, AppRef, Endpoint};
+use crate::route::{AppRef, Endpoint, Path};
 use crate::server::{
     self, json_response, ConnLimits, ConnectionReset, HandlerResult, HttpResponse,
 };
@@ -140,7 +140,12 @@ impl Emulator {
         if let Some(control) = parts.uri.path().strip_prefix("/__emulator/") {
             return Ok(self.control(&parts.method, control, body).await);
         }
-        let Some(route) = classify(&parts.method, parts.uri.path()) else {
+        // Segments are decoded as the vendor decodes them (`b%6Fb` is user `bob`).
+        let path = match Path::parse(parts.uri.path()) {
+            Ok(path) => path,
+            Err(err) => return Ok(bad_request(format!("invalid path: {err}"))),
+        };
+        let Some(route) = path.classify(&parts.method) else {
             let err = VendorError::new(404, "service_resource_not_found", "no such path");
             return Ok(json_response(err.status, err.body()));
         };
@@ -432,8 +437,8 @@ fn chance(rate: f64) -> bool {
 }
 
 fn random_uuid() -> String {
-    let b: [u8; 16] = rand::random();
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let digits: [u8; 32] = crate::trace::random_hex();
+    let hex = String::from_utf8_lossy(&digits);
     format!(
         "{}-{}-{}-{}-{}",
         &hex[0..8],

@@ -268,17 +268,13 @@ mod tests {
         }
     }
 
-    fn hex(bytes: &[u8]) -> String {
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
-    }
-
     #[test]
     fn payload_matches_the_official_library_vectors() {
         for v in vectors() {
             let spec = spec_of(&v);
             let cert = v["input"]["appCertificate"].as_str().unwrap();
             assert_eq!(
-                hex(&spec.payload(cert)),
+                hex::encode(spec.payload(cert)),
                 v["payload_hex"].as_str().unwrap(),
                 "{}",
                 v["name"]

@@ -36,6 +36,9 @@ use crate::vendor;
 
 /// A token that never expires (Easemob `expires_in` 0) is still renewed this often.
 const NEVER_EXPIRES_REFRESH: Duration = Duration::from_secs(24 * 3600);
+/// The longest life imgate believes a token has, whatever the vendor says: larger numbers
+/// (up to `u64::MAX` seconds) would overflow the clock.
+const LONGEST_LIFETIME: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// When and how often tokens are renewed.
 #[derive(Debug, Clone, PartialEq)]
@@ -448,7 +451,7 @@ impl TokenSource {
         let now = Instant::now();
         let (expires_at, refresh_at) = match lifetime {
             Some(life) => {
-                let expires_at = issued_at + life;
+                let expires_at = issued_at + life.min(LONGEST_LIFETIME);
                 // A fraction of the life left now: an Agora token minted late in a second has
                 // lost the part of that second already (its clock counts whole seconds).
                 let left = expires_at.saturating_duration_since(now);
@@ -458,10 +461,7 @@ impl TokenSource {
                     now + left.mul_f64(self.policy.refresh_fraction * jitter),
                 )
             }
-            None => (
-                now + Duration::from_secs(100 * 365 * 24 * 3600),
-                now + NEVER_EXPIRES_REFRESH,
-            ),
+            None => (now + LONGEST_LIFETIME, now + NEVER_EXPIRES_REFRESH),
         };
         Ok(AppToken {
             header,
@@ -555,6 +555,16 @@ mod tests {
         );
         assert!(t.header.is_sensitive());
         assert!(!format!("{t:?}").contains("secret-token"));
+    }
+
+    #[tokio::test]
+    async fn a_vendor_lifetime_that_overflows_the_clock_is_believed_only_so_far() {
+        let s = source(agora(), TokenPolicy::default());
+        let t = s
+            .app_token("t", Instant::now(), Some(Duration::from_secs(u64::MAX)))
+            .unwrap();
+        assert!(t.expires_at > Instant::now() + Duration::from_secs(50 * 365 * 24 * 3600));
+        assert!(t.refresh_at < t.expires_at);
     }
 
     #[tokio::test]

@@ -132,15 +132,67 @@ pub fn vendor_uri(base: &Uri, path_and_query: &str) -> Result<Uri, UpstreamError
     Uri::from_parts(parts).map_err(|_| UpstreamError::Failed("unusable request path".into()))
 }
 
-/// The caller's headers that go on to the vendor: all but hop-by-hop headers, `Host`, the
-/// caller's credentials and `Content-Length` (recomputed). The app token is added per attempt.
+/// The caller's headers that may go on to the vendor: those that describe the request's body
+/// and what answer it accepts, the trace state and the user agent. Anything else (cookies, the
+/// caller's credentials, `Proxy-*`, hop-by-hop, `Forwarded` and `X-Forwarded-*`, private
+/// headers) stays with imgate: the call carries imgate's app token, not the caller's identity.
+/// `traceparent`, `X-Request-Id` and the app token are set per call.
+static FORWARDED: [HeaderName; 6] = [
+    header::CONTENT_TYPE,
+    header::ACCEPT,
+    header::ACCEPT_ENCODING,
+    header::ACCEPT_LANGUAGE,
+    header::USER_AGENT,
+    HeaderName::from_static("tracestate"),
+];
+
+/// The allow-listed caller headers ([`FORWARDED`]) to send on to the vendor.
 pub fn forward_headers(incoming: &HeaderMap) -> HeaderMap {
-    let mut headers = incoming.clone();
-    strip_hop_by_hop(&mut headers);
-    for name in [header::HOST, header::AUTHORIZATION, header::CONTENT_LENGTH] {
-        headers.remove(name);
+    let mut headers = HeaderMap::with_capacity(FORWARDED.len() + 4);
+    for name in &FORWARDED {
+        for value in incoming.get_all(name) {
+            headers.append(name.clone(), value.clone());
+        }
     }
     headers
+}
+
+/// The answer with its body decoded from the `Content-Encoding` the vendor chose (gzip or
+/// deflate), within the same size limit as any answer; identity answers are returned as is.
+pub fn decode_body(mut response: VendorResponse) -> Result<VendorResponse, UpstreamError> {
+    use std::io::Read;
+    let Some(encoding) = response.headers.get(header::CONTENT_ENCODING) else {
+        return Ok(response);
+    };
+    let encoding = encoding.to_str().unwrap_or("").trim().to_ascii_lowercase();
+    let body: &[u8] = &response.body;
+    let mut decoded = Vec::new();
+    let read = match encoding.as_str() {
+        "identity" | "" => Ok(0),
+        "gzip" | "x-gzip" => flate2::read::GzDecoder::new(body)
+            .take(MAX_RESPONSE_BYTES as u64 + 1)
+            .read_to_end(&mut decoded),
+        "deflate" => flate2::read::ZlibDecoder::new(body)
+            .take(MAX_RESPONSE_BYTES as u64 + 1)
+            .read_to_end(&mut decoded),
+        other => {
+            return Err(UpstreamError::Failed(format!(
+                "the vendor answered in an unasked content encoding: {other}"
+            )))
+        }
+    };
+    match read {
+        Ok(_) if encoding == "identity" || encoding.is_empty() => {}
+        Ok(n) if n <= MAX_RESPONSE_BYTES => response.body = Bytes::from(decoded),
+        Ok(_) => {
+            return Err(UpstreamError::Failed(
+                "the decoded answer is too large".into(),
+            ))
+        }
+        Err(err) => return Err(UpstreamError::Failed(format!("decoding the answer: {err}"))),
+    }
+    response.headers.remove(header::CONTENT_ENCODING);
+    Ok(response)
 }
 
 /// Removes the hop-by-hop headers of RFC 9110 §7.6.1, including those `Connection` names.
@@ -187,6 +239,28 @@ mod tests {
     use http::HeaderValue;
 
     #[test]
+    fn encoded_answers_are_decoded_and_unknown_encodings_refused() {
+        use std::io::Write;
+        let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gzip.write_all(br#"{"a":1}"#).unwrap();
+        let answer = |encoding: &'static str, body: Vec<u8>| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(encoding));
+            VendorResponse {
+                status: StatusCode::OK,
+                headers,
+                body: Bytes::from(body),
+                elapsed: Duration::ZERO,
+            }
+        };
+        let decoded = decode_body(answer("gzip", gzip.finish().unwrap())).unwrap();
+        assert_eq!(decoded.body, &br#"{"a":1}"#[..]);
+        assert!(decoded.headers.get(header::CONTENT_ENCODING).is_none());
+        assert!(decode_body(answer("br", b"x".to_vec())).is_err());
+        assert!(decode_body(answer("gzip", b"not gzip".to_vec())).is_err());
+    }
+
+    #[test]
     fn forwarded_headers_drop_hop_by_hop_and_caller_credentials() {
         let mut h = HeaderMap::new();
         h.insert(
@@ -201,10 +275,19 @@ mod tests {
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::HOST, HeaderValue::from_static("imgate"));
         h.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        h.insert(header::COOKIE, HeaderValue::from_static("session=1"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         let out = forward_headers(&h);
         assert!(out.get(header::AUTHORIZATION).is_none());
         assert_eq!(out.get(header::ACCEPT).unwrap(), "application/json");
-        for gone in ["connection", "x-private", "keep-alive", "host"] {
+        for gone in [
+            "connection",
+            "x-private",
+            "keep-alive",
+            "host",
+            "cookie",
+            "x-forwarded-for",
+        ] {
             assert!(out.get(gone).is_none(), "{gone} forwarded");
         }
     }

@@ -1,0 +1,136 @@
+//! What identifies a cached read: its [`Kind`], the app's vendor identity, the user and the
+//! extra parameters, hashed into 128-bit entry keys and group keys.
+//!
+//! Keys are built from the request's canonical (decoded) path segments and the app's vendor
+//! identity (`app-id/{id}` or `{org}/{app}`), never from the raw path or the configured name:
+//! `b%6Fb` and `bob` are one entry, a message to `bob` invalidates it, and a reload that points
+//! a name at another vendor app cannot serve the old app's entries as the new one's.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+
+use crate::route::Endpoint;
+
+/// The cacheable reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `offline_msg_count`.
+    OfflineCount,
+    /// `offline_msg_status`.
+    OfflineStatus,
+    /// `presence/sublist`.
+    Sublist,
+    /// Presence of one user.
+    Presence,
+}
+
+impl Kind {
+    /// Every kind.
+    pub const ALL: [Kind; 4] = [
+        Kind::OfflineCount,
+        Kind::OfflineStatus,
+        Kind::Sublist,
+        Kind::Presence,
+    ];
+
+    /// The cacheable kind of an endpoint (presence batch gets are split per user elsewhere).
+    pub fn of(endpoint: Endpoint) -> Option<Kind> {
+        match endpoint {
+            Endpoint::OfflineMsgCount => Some(Kind::OfflineCount),
+            Endpoint::OfflineMsgStatus => Some(Kind::OfflineStatus),
+            Endpoint::PresenceSublist => Some(Kind::Sublist),
+            _ => None,
+        }
+    }
+
+    /// The kind whose entries an endpoint's reads use (presence batch gets: presence per user).
+    pub fn cached_by(endpoint: Endpoint) -> Option<Kind> {
+        match endpoint {
+            Endpoint::PresenceBatchGet => Some(Kind::Presence),
+            other => Kind::of(other),
+        }
+    }
+
+    /// The `cache` label of `imgate_cache_entries`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Kind::OfflineCount => "offline_count",
+            Kind::OfflineStatus => "offline_status",
+            Kind::Sublist => "sublist",
+            Kind::Presence => "presence",
+        }
+    }
+
+    /// Whether one entry per user holds this kind (invalidated by removing it), rather than a
+    /// group of entries (invalidated by a mark).
+    pub(super) const fn is_exact(self) -> bool {
+        matches!(self, Kind::OfflineCount | Kind::Presence)
+    }
+
+    const fn tag(self) -> u8 {
+        self as u8
+    }
+}
+
+/// What identifies a cached read: its kind, app, user and extra parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct Key<'a> {
+    /// The kind of read.
+    pub kind: Kind,
+    /// The app's vendor identity (`App::key`), not its configured name.
+    pub app: &'a str,
+    /// The user the read is about, decoded.
+    pub user: &'a str,
+    /// Message id (decoded) or query string; empty for counts and presence.
+    pub extra: &'a str,
+}
+
+/// Cache key hashes: two independently keyed SipHash-1-3 hashes of the same fields, so a
+/// lookup allocates nothing and a collision is as likely as guessing the process's keys.
+#[derive(Clone)]
+pub(super) struct Hashes {
+    a: RandomState,
+    b: RandomState,
+}
+
+impl Hashes {
+    pub(super) fn new() -> Hashes {
+        Hashes {
+            a: RandomState::new(),
+            b: RandomState::new(),
+        }
+    }
+
+    fn hash(&self, fields: &[&[u8]]) -> u128 {
+        let one = |state: &RandomState| {
+            let mut h = state.build_hasher();
+            for field in fields {
+                // Length-prefixed, so ("ab","c") and ("a","bc") differ.
+                h.write_usize(field.len());
+                h.write(field);
+            }
+            h.finish()
+        };
+        (u128::from(one(&self.a)) << 64) | u128::from(one(&self.b))
+    }
+
+    /// The entry key of a read.
+    pub(super) fn entry(&self, key: &Key<'_>) -> u128 {
+        self.hash(&[
+            &[key.kind.tag()],
+            key.app.as_bytes(),
+            key.user.as_bytes(),
+            key.extra.as_bytes(),
+        ])
+    }
+
+    /// The hash of an app's identity that entries carry, for purges by app.
+    pub(super) fn app(&self, app: &str) -> u64 {
+        self.hash(&[app.as_bytes()]) as u64
+    }
+
+    /// The group key of a user's reads of one kind (what invalidation marks).
+    pub(super) fn group(&self, kind: Kind, app: &str, user: &str) -> u128 {
+        self.hash(&[&[kind.tag() | 0x80], app.as_bytes(), user.as_bytes()])
+    }
+}
