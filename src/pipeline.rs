@@ -179,15 +179,16 @@ async fn process<'s>(
         return token.issue(body, trace).await;
     }
 
-    // 2. authenticate, before the app is looked up: an unauthenticated caller learns nothing
-    //    about which apps exist.
+    // 2. authenticate, before an unknown app is refused: an unauthenticated caller learns
+    //    nothing about which apps exist (the app labels the request's metrics all the same).
+    let app = snapshot.app(route.app);
+    trace.route = app.map(|(_, app)| (&**app, route.endpoint));
     let client = snapshot
         .clients
         .authenticate(&parts.headers, &snapshot.client_tokens, vendor::now_secs())
         .ok_or(GatewayError::Unauthenticated)?;
     trace.client = &client.name;
-    let (app_index, app) = snapshot.app(route.app).ok_or(GatewayError::UnknownApp)?;
-    trace.route = Some((app, route.endpoint));
+    let (app_index, app) = app.ok_or(GatewayError::UnknownApp)?;
     if !client.may_use(app_index) {
         return Err(GatewayError::Forbidden);
     }

@@ -310,10 +310,15 @@ impl Cache {
         fetch: impl FnOnce() -> Fetch,
     ) -> (Shared, bool) {
         let entry_key = self.hashes.entry(key);
+        let seq = || self.seq.load(Ordering::Acquire);
+        // Joined at once, so that a call that just stored the entry this request missed is
+        // still found; then fenced, and replaced if it started before an invalidation.
+        let mut flight = self.flights.join(entry_key, 0, seq);
         let fence = self.fence(key.kind, key.app, key.user).await;
-        let flight = self
-            .flights
-            .join(entry_key, fence, || self.seq.load(Ordering::Acquire));
+        if flight.seq < fence {
+            drop(flight);
+            flight = self.flights.join(entry_key, fence, seq);
+        }
         let led = AtomicBool::new(false);
         let shared = flight
             .result

@@ -51,8 +51,11 @@ pub enum BatchOutcome {
 enum Flushed {
     /// The merged call answered 200.
     Found(Arc<HashMap<String, Bytes>>),
-    /// It did not: each requesting caller's own call (its users, under its own uid), so that
-    /// no caller ever sees another's error or user ids.
+    /// It failed in a way that concerns no caller in particular (no answer, or the vendor
+    /// over its limit or failing): every waiter gets the same failure, and no call is repeated.
+    Shared(BatchOutcome),
+    /// The vendor refused it: each requesting caller's own call (its users, under its own
+    /// uid), so that no caller ever sees another's error or user ids.
     PerCaller(HashMap<String, (Vec<String>, BatchOutcome)>),
     /// The flush ended without an outcome (it panicked).
     Abandoned,
@@ -381,6 +384,7 @@ impl Cache {
                     BatchOutcome::Failed(Arc::new(GatewayError::BatchAbandoned))
                 }
                 Some(Flushed::Found(map)) => BatchOutcome::Found(map.clone()),
+                Some(Flushed::Shared(failure)) => failure.clone(),
                 Some(Flushed::PerCaller(calls)) => match calls.get(caller) {
                     Some((asked, own)) if users.iter().all(|u| asked.contains(u)) => own.clone(),
                     // The merged call failed and this caller's own call did not cover these
@@ -536,6 +540,7 @@ impl Cache {
                 }
                 Flushed::Found(map)
             }
+            failure if !refused_for_a_caller(&failure) => Flushed::Shared(failure),
             failure if callers.len() == 1 => {
                 let (caller, users) = batch.requests[0].clone();
                 Flushed::PerCaller(HashMap::from([(caller, (users, failure))]))
@@ -658,6 +663,12 @@ impl Drop for Landing<'_> {
             .unwrap_or_else(|| Arc::new(Flushed::Abandoned));
         self.batch.done.send_replace(Some(flushed));
     }
+}
+
+/// Whether the vendor refused a call for something in the request (a 4xx other than 429): an
+/// answer that may name the caller's uid or users, and that another caller's call may not get.
+fn refused_for_a_caller(outcome: &BatchOutcome) -> bool {
+    matches!(outcome, BatchOutcome::Refused(r) if r.status.is_client_error() && !super::vendor_failed(r.status))
 }
 
 /// Each requested user once, in request order.
