@@ -308,13 +308,6 @@ fn decode_segment(segment: &str) -> Result<Cow<'_, str>, PathError> {
     Ok(decoded)
 }
 
-/// Classifies `method` + `path` (no query string). `None` when the path is refused or has no
-/// app prefix; the parameters are decoded, so they may be owned by a [`Path`]: use
-/// [`Path::classify`] to keep them.
-pub fn endpoint_of(method: &Method, path: &str) -> Option<Endpoint> {
-    Some(Path::parse(path).ok()?.classify(method)?.endpoint)
-}
-
 fn match_suffix<'a>(app: AppRef<'a>, method: &Method, rest: &[&'a str]) -> Route<'a> {
     let route = |endpoint, user, param, status| Route {
         app,
@@ -372,6 +365,11 @@ impl<'a> Route<'a> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// The endpoint of `method` + `path`; `None` when the path is refused or has no prefix.
+    fn endpoint_of(method: &Method, path: &str) -> Option<Endpoint> {
+        Some(Path::parse(path).ok()?.classify(method)?.endpoint)
+    }
 
     fn endpoint(method: Method, path: &str) -> Endpoint {
         endpoint_of(&method, path).expect("has a prefix")
