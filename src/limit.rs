@@ -408,8 +408,8 @@ mod tests {
     #[tokio::test]
     async fn a_successful_probe_restores_full_concurrency_at_once() {
         let q = std::sync::Arc::new(quota(100, 250, 100));
-        q.throttled(None);
-        q.throttled(None);
+        q.throttled(None).await;
+        q.throttled(None).await;
         assert!(
             q.acquire().await.is_ok(),
             "the probe, once the pause is over"

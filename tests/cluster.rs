@@ -708,6 +708,7 @@ async fn cache_hits_spend_leased_permits_without_a_redis_round_trip_each() {
             per_second: 400,
             burst: Some(400),
         }),
+        endpoints: None,
     });
     let gw = TestGateway::start(raw).await;
     let up = || metric(gw.admin, "imgate_cluster_redis_up");

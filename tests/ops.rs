@@ -485,6 +485,7 @@ async fn the_reload_line_lists_changed_apps_and_clients_as_json_arrays() {
         key_sha256: None,
         apps: None,
         rate_limit: None,
+        endpoints: None,
     });
     served.write_config(&raw);
     served.signal("-HUP");
