@@ -19,12 +19,12 @@ use crate::auth::{ClientTokenKey, Clients};
 use crate::cache::{Cache, CacheStatus};
 use crate::cluster::quota::SharedQuota;
 use crate::cluster::{Cluster, ClusterError};
-use crate::config::{ConfigErrors, Credentials, RawConfig, Settings};
+use crate::config::{ConfigErrors, RawConfig, Settings};
 use crate::limit::{Permits, VendorQuota, WaitPolicy};
 use crate::metrics::Metrics;
 use crate::route::{AppRef, Endpoint};
 use crate::server::ConnLimits;
-use crate::token::{TokenError, TokenPolicy, TokenSource};
+use crate::token::{Credentials, TokenError, TokenPolicy, TokenSource};
 use crate::upstream::Upstream;
 
 /// One fronted vendor app.
@@ -185,8 +185,6 @@ pub struct Gateway {
     /// The Redis shared with other replicas; `None`: one process on its own (fixed at start).
     pub cluster: Option<Arc<Cluster>>,
     config_path: Option<PathBuf>,
-    /// Used when the configuration names no signing key, so tokens survive reloads.
-    process_token_key: Arc<ClientTokenKey>,
     current: ArcSwap<Snapshot>,
     reloading: tokio::sync::Mutex<()>,
 }
@@ -207,7 +205,6 @@ impl Gateway {
         let metrics = Metrics::new(registry)?;
         let upstream = Arc::new(Upstream::new(&settings.upstream));
         let conn_limits = settings.conn_limits.clone();
-        let process_token_key = Arc::new(ClientTokenKey::new(None));
         let gateway = Arc::new(Gateway {
             conn_limits,
             shutdown_delay: settings.shutdown_delay,
@@ -218,14 +215,13 @@ impl Gateway {
             started: Instant::now(),
             cluster,
             config_path,
-            process_token_key,
             current: ArcSwap::from_pointee(Snapshot {
                 apps: Vec::new(),
                 clients: Clients::default(),
                 max_body_bytes: 0,
                 forward_other: false,
                 admin_key_sha256: None,
-                client_tokens: Arc::new(ClientTokenKey::new(None)),
+                client_tokens: Arc::new(ClientTokenKey::new(None, [])),
                 client_token_ttl: Duration::ZERO,
             }),
             reloading: tokio::sync::Mutex::new(()),
@@ -382,10 +378,11 @@ impl Gateway {
             |name| apps.iter().position(|a| a.name == name),
             self.cluster.as_ref(),
         );
-        let client_tokens = match &settings.client_token_key {
-            Some(key) => Arc::new(ClientTokenKey::new(Some(key))),
-            None => self.process_token_key.clone(),
-        };
+        let client_tokens = Arc::new(ClientTokenKey::new(
+            settings.client_token_key.as_ref(),
+            apps.iter()
+                .map(|app| (app.name.as_str(), app.tokens.credentials())),
+        ));
         let snapshot = Snapshot {
             apps,
             clients,

@@ -12,11 +12,15 @@
 //! endpoint with the app's client credentials.
 
 pub mod agora;
+mod credentials;
+pub mod seal;
+
+pub use credentials::Credentials;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
@@ -29,7 +33,6 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
-use crate::config::Credentials;
 use crate::route::Endpoint;
 use crate::upstream::{status_label, vendor_uri, Upstream, UpstreamError};
 use crate::vendor;
@@ -116,6 +119,26 @@ pub enum TokenError {
     BackingOff(Duration),
 }
 
+/// A token as obtained: from the vendor, minted, or from the fleet's shared store.
+#[derive(Debug)]
+pub struct IssuedToken {
+    /// Counts the tokens the fleet obtained for the app (0 outside cluster mode).
+    pub generation: u64,
+    /// When it was issued, ms since the Unix epoch.
+    pub issued_unix_ms: u64,
+    /// When it expires, ms since the Unix epoch; `None` for a token without expiry.
+    pub expires_unix_ms: Option<u64>,
+    /// The token itself.
+    pub token: SecretString,
+}
+
+impl IssuedToken {
+    /// Whether it is still valid at `now_unix_ms`.
+    pub fn is_valid_at(&self, now_unix_ms: u64) -> bool {
+        self.expires_unix_ms.is_none_or(|e| now_unix_ms < e)
+    }
+}
+
 /// A token ready to inject.
 pub struct AppToken {
     /// `Bearer <token>`, marked sensitive so that it is never logged by hyper or us.
@@ -123,6 +146,8 @@ pub struct AppToken {
     /// When the token stops being valid.
     pub expires_at: Instant,
     refresh_at: Instant,
+    /// Its generation (see [`IssuedToken::generation`]).
+    pub generation: u64,
 }
 
 impl std::fmt::Debug for AppToken {
@@ -130,6 +155,7 @@ impl std::fmt::Debug for AppToken {
         f.debug_struct("AppToken")
             .field("header", &"[REDACTED]")
             .field("expires_at", &self.expires_at)
+            .field("generation", &self.generation)
             .finish()
     }
 }
@@ -262,6 +288,18 @@ impl TokenSource {
         self.renew(&mut renewals).await.map(drop)
     }
 
+    /// Makes `issued` the current token.
+    fn install(&self, issued: &IssuedToken) -> Result<Arc<AppToken>, TokenError> {
+        let token = Arc::new(self.app_token(issued)?);
+        self.current.store(Some(token.clone()));
+        let expiry = match issued.expires_unix_ms {
+            Some(ms) => ms as f64 / 1000.0,
+            None => unix_seconds(token.expires_at),
+        };
+        self.metrics.expiry.set(expiry);
+        Ok(token)
+    }
+
     async fn renew_in_background(self: Arc<Self>) {
         while !self.retired.load(Ordering::Acquire) {
             let wait = self
@@ -324,14 +362,11 @@ impl TokenSource {
             }
             renewals.recent_fetches.push_back(now);
         }
-        match self.obtain().await {
+        match self.obtain().await.and_then(|issued| self.install(&issued)) {
             Ok(token) => {
-                let token = Arc::new(token);
-                self.current.store(Some(token.clone()));
                 renewals.failures = 0;
                 renewals.not_before = None;
                 self.metrics.success.inc();
-                self.metrics.expiry.set(unix_seconds(token.expires_at));
                 Ok(token)
             }
             Err(err) => {
@@ -348,7 +383,8 @@ impl TokenSource {
         }
     }
 
-    async fn obtain(&self) -> Result<AppToken, TokenError> {
+    /// A new token: minted (Agora) or fetched from the vendor (Easemob).
+    async fn obtain(&self) -> Result<IssuedToken, TokenError> {
         match &self.credentials {
             Credentials::Agora {
                 app_id,
@@ -357,21 +393,16 @@ impl TokenSource {
             } => {
                 // The token's clock is whole seconds: count its life from the start of the
                 // second it names, as the vendor does.
-                let since_epoch = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default();
-                let issue_ts = u32::try_from(since_epoch.as_secs()).unwrap_or(u32::MAX);
-                let issued_at = Instant::now()
-                    .checked_sub(Duration::from_nanos(u64::from(since_epoch.subsec_nanos())))
-                    .unwrap_or_else(Instant::now);
+                let issue_ts = u32::try_from(vendor::now_secs()).unwrap_or(u32::MAX);
                 let spec =
                     agora::TokenSpec::app(app_id, issue_ts, *expire_secs, agora::random_salt());
-                let lifetime = Duration::from_secs(u64::from(*expire_secs));
-                self.app_token(
-                    &spec.build(certificate.expose_secret()),
-                    issued_at,
-                    Some(lifetime),
-                )
+                let issued_unix_ms = u64::from(issue_ts) * 1000;
+                Ok(IssuedToken {
+                    generation: 0,
+                    issued_unix_ms,
+                    expires_unix_ms: Some(issued_unix_ms + u64::from(*expire_secs) * 1000),
+                    token: SecretString::from(spec.build(certificate.expose_secret())),
+                })
             }
             Credentials::Easemob {
                 org,
@@ -393,7 +424,7 @@ impl TokenSource {
         client_id: &str,
         client_secret: &SecretString,
         ttl_secs: Option<u64>,
-    ) -> Result<AppToken, TokenError> {
+    ) -> Result<IssuedToken, TokenError> {
         let mut body = json!({
             "grant_type": "client_credentials",
             "client_id": client_id,
@@ -410,6 +441,7 @@ impl TokenSource {
             .body(Full::new(Bytes::from(body.to_string())))
             .map_err(|_| TokenError::Unusable)?;
         let requested_at = Instant::now();
+        let requested_unix_ms = vendor::now_millis();
         let result = self.upstream.send(request).await;
         self.metrics
             .fetched(status_label(&result), requested_at.elapsed().as_secs_f64());
@@ -432,29 +464,29 @@ impl TokenSource {
             .ok_or_else(|| rejected("no expires_in in the answer"))?;
         // expires_in 0 means the token never expires. Its life is counted from the request, so
         // imgate never believes a token valid for longer than the vendor does.
-        let lifetime = (expires_in > 0).then(|| Duration::from_secs(expires_in));
-        self.app_token(token, requested_at, lifetime)
+        Ok(IssuedToken {
+            generation: 0,
+            issued_unix_ms: requested_unix_ms,
+            expires_unix_ms: (expires_in > 0)
+                .then(|| requested_unix_ms.saturating_add(expires_in.saturating_mul(1000))),
+            token: SecretString::from(token.to_owned()),
+        })
     }
 
-    fn app_token(
-        &self,
-        token: &str,
-        issued_at: Instant,
-        lifetime: Option<Duration>,
-    ) -> Result<AppToken, TokenError> {
-        let mut header =
-            HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| TokenError::Unusable)?;
+    /// The token to inject, renewed at a jittered fraction of the life it has left.
+    fn app_token(&self, issued: &IssuedToken) -> Result<AppToken, TokenError> {
+        let mut header = HeaderValue::try_from(format!("Bearer {}", issued.token.expose_secret()))
+            .map_err(|_| TokenError::Unusable)?;
         header.set_sensitive(true);
         let now = Instant::now();
-        let (expires_at, refresh_at) = match lifetime {
-            Some(life) => {
-                let expires_at = issued_at + life;
-                // A fraction of the life left now: an Agora token minted late in a second has
-                // lost the part of that second already (its clock counts whole seconds).
-                let left = expires_at.saturating_duration_since(now);
+        let (expires_at, refresh_at) = match issued.expires_unix_ms {
+            Some(expires) => {
+                // The life left now: an Agora token minted late in a second has lost the part
+                // of that second already (its clock counts whole seconds).
+                let left = Duration::from_millis(expires.saturating_sub(vendor::now_millis()));
                 let jitter = 1.0 - self.policy.refresh_jitter * rand::thread_rng().gen::<f64>();
                 (
-                    expires_at,
+                    now + left,
                     now + left.mul_f64(self.policy.refresh_fraction * jitter),
                 )
             }
@@ -467,15 +499,13 @@ impl TokenSource {
             header,
             expires_at,
             refresh_at,
+            generation: issued.generation,
         })
     }
 }
 
 fn unix_seconds(at: Instant) -> f64 {
-    let now_unix = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64();
+    let now_unix = vendor::now_millis() as f64 / 1000.0;
     let now = Instant::now();
     if at >= now {
         now_unix + (at - now).as_secs_f64()
@@ -541,13 +571,16 @@ mod tests {
     #[tokio::test]
     async fn tokens_are_renewed_within_the_jittered_fraction_and_never_shown() {
         let s = source(agora(), TokenPolicy::default());
+        let now = vendor::now_millis();
         let t = s
-            .app_token(
-                "secret-token",
-                Instant::now(),
-                Some(Duration::from_secs(100)),
-            )
+            .app_token(&IssuedToken {
+                generation: 3,
+                issued_unix_ms: now,
+                expires_unix_ms: Some(now + 100_000),
+                token: SecretString::from("secret-token"),
+            })
             .unwrap();
+        assert_eq!(t.generation, 3);
         let after = t.refresh_at.duration_since(Instant::now());
         assert!(
             after <= Duration::from_secs(50) && after >= Duration::from_secs(44),
