@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::auth::{bearer, digests_equal};
-use crate::cache::Kind;
+use crate::cache::{Invalidation, Kind};
 use crate::gateway::{Gateway, Snapshot};
 use crate::route::Endpoint;
 use crate::server::{json_response, HttpResponse};
@@ -140,22 +140,21 @@ async fn purge(gateway: &Gateway, snapshot: &Snapshot, query: Option<&str>) -> H
         },
         None => Kind::ALL.to_vec(),
     };
-    let cache = &gateway.cache;
-    match param("user") {
-        Some(user) => {
-            for app in &apps {
-                for kind in &kinds {
-                    cache.invalidate(*kind, app, user).await;
-                }
-            }
-        }
-        None if param("app").is_none() && param("endpoint").is_none() => cache.purge_all(),
-        None => {
-            for kind in &kinds {
-                cache.purge_apps(*kind, &apps).await;
-            }
-        }
-    }
+    let user = param("user");
+    let everything = user.is_none() && param("app").is_none() && param("endpoint").is_none();
+    let changes: Vec<Invalidation<'_>> = if everything {
+        vec![Invalidation::All]
+    } else {
+        apps.iter()
+            .flat_map(|&app| {
+                kinds.iter().map(move |&kind| match user {
+                    Some(user) => Invalidation::User { kind, app, user },
+                    None => Invalidation::App { kind, app },
+                })
+            })
+            .collect()
+    };
+    gateway.cache.invalidate_everywhere(&changes).await;
     let body = json!({"purged": {"apps": apps, "endpoints": kinds.iter().map(|k| k.name()).collect::<Vec<_>>(), "user": param("user")}});
     json_response(200, Bytes::from(body.to_string()))
 }

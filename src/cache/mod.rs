@@ -14,9 +14,11 @@
 //!   the vendor sent it is stored whole instead.
 
 mod effects;
+mod invalidation;
 pub mod presence;
 mod store;
 
+pub use invalidation::{Invalidation, InvalidationSink};
 use store::Store;
 
 use std::collections::HashMap;
@@ -24,7 +26,7 @@ use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -383,6 +385,8 @@ pub struct Cache {
     uri_bases: Mutex<Vec<Arc<str>>>,
     /// Merges concurrent presence lookups into vendor batch calls.
     pub batcher: presence::Batcher,
+    /// The other replicas, in cluster mode ([`Cache::connect`]).
+    sink: OnceLock<Arc<dyn InvalidationSink>>,
 }
 
 impl Cache {
@@ -421,6 +425,7 @@ impl Cache {
             flights: Flights::new(),
             uri_bases: Mutex::new(Vec::new()),
             batcher: presence::Batcher::new(settings.batch_window, settings.max_batch_users),
+            sink: OnceLock::new(),
             settings,
         }
     }
