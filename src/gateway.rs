@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -17,7 +17,9 @@ use secrecy::ExposeSecret;
 
 use crate::auth::{ClientTokenKey, Clients};
 use crate::cache::{Cache, CacheStatus};
+use crate::cluster::bus::{Bus, TokenNotice};
 use crate::cluster::quota::SharedQuota;
+use crate::cluster::token_store::TokenStore;
 use crate::cluster::{Cluster, ClusterError};
 use crate::config::{ConfigErrors, RawConfig, Settings};
 use crate::limit::{Permits, VendorQuota, WaitPolicy};
@@ -184,6 +186,8 @@ pub struct Gateway {
     pub started: Instant,
     /// The Redis shared with other replicas; `None`: one process on its own (fixed at start).
     pub cluster: Option<Arc<Cluster>>,
+    /// Invalidations and token notices to and from the other replicas (with `cluster`).
+    bus: Option<Arc<Bus>>,
     config_path: Option<PathBuf>,
     current: ArcSwap<Snapshot>,
     reloading: tokio::sync::Mutex<()>,
@@ -205,13 +209,17 @@ impl Gateway {
         let metrics = Metrics::new(registry)?;
         let upstream = Arc::new(Upstream::new(&settings.upstream));
         let conn_limits = settings.conn_limits.clone();
-        let gateway = Arc::new(Gateway {
+        let cache = Arc::new(Cache::new(settings.cache.clone()));
+        let gateway = Arc::new_cyclic(|gateway| Gateway {
+            bus: cluster
+                .as_ref()
+                .map(|c| Bus::start(c, &cache, token_notices(gateway.clone()))),
             conn_limits,
             shutdown_delay: settings.shutdown_delay,
             draining: AtomicBool::new(false),
             upstream,
             metrics,
-            cache: Arc::new(Cache::new(settings.cache.clone())),
+            cache,
             started: Instant::now(),
             cluster,
             config_path,
@@ -343,6 +351,12 @@ impl Gateway {
                 {
                     return kept.clone();
                 }
+                let shared = match (&self.cluster, &self.bus, &app.credentials) {
+                    (Some(cluster), Some(bus), Credentials::Easemob { .. }) => {
+                        Some(TokenStore::new(cluster, bus, &app.name, &app.credentials))
+                    }
+                    _ => None,
+                };
                 let tokens = TokenSource::new(
                     &app.name,
                     app.credentials,
@@ -350,6 +364,7 @@ impl Gateway {
                     self.upstream.clone(),
                     policy.clone(),
                     self.metrics.token(&app.name),
+                    shared,
                 );
                 tokens.start();
                 let throttled = Endpoint::ALL
@@ -401,4 +416,16 @@ impl Gateway {
 /// Names as a JSON array, for log fields (JSON logs carry it as an array).
 fn json_list<'a>(names: impl Iterator<Item = &'a str>) -> String {
     serde_json::Value::from(names.collect::<Vec<_>>()).to_string()
+}
+
+/// What the bus calls when another replica stored a new app token: the app's source takes it.
+fn token_notices(gateway: Weak<Gateway>) -> TokenNotice {
+    Box::new(move |app, _generation| {
+        let Some(gateway) = gateway.upgrade() else {
+            return;
+        };
+        if let Some(app) = gateway.snapshot().app_named(app).cloned() {
+            tokio::spawn(async move { app.tokens.adopt_shared().await });
+        }
+    })
 }

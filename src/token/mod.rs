@@ -9,7 +9,9 @@
 //! - a token the vendor rejects (401) is renewed once for all the requests that saw it rejected.
 //!
 //! Agora tokens are minted locally ([`agora`]); Easemob tokens come from the vendor's token
-//! endpoint with the app's client credentials.
+//! endpoint with the app's client credentials. In cluster mode an Easemob app's token is the
+//! fleet's ([`crate::cluster::token_store`]): each renewal first looks for a newer one another
+//! replica stored, and one replica fetches for all.
 
 pub mod agora;
 mod credentials;
@@ -33,6 +35,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
+use crate::cluster::token_store::TokenStore;
 use crate::route::Endpoint;
 use crate::upstream::{status_label, vendor_uri, Upstream, UpstreamError};
 use crate::vendor;
@@ -189,6 +192,8 @@ pub struct TokenSource {
     renewals: tokio::sync::Mutex<Renewals>,
     retired: AtomicBool,
     wake: Notify,
+    /// The fleet's shared token, in cluster mode (Easemob apps only).
+    shared: Option<TokenStore>,
 }
 
 impl TokenSource {
@@ -200,6 +205,7 @@ impl TokenSource {
         upstream: Arc<Upstream>,
         policy: TokenPolicy,
         metrics: TokenMetrics,
+        shared: Option<TokenStore>,
     ) -> Arc<TokenSource> {
         Arc::new(TokenSource {
             app: app.to_owned(),
@@ -212,6 +218,7 @@ impl TokenSource {
             renewals: tokio::sync::Mutex::new(Renewals::default()),
             retired: AtomicBool::new(false),
             wake: Notify::new(),
+            shared,
         })
     }
 
@@ -264,7 +271,8 @@ impl TokenSource {
                 return Ok(token);
             }
         }
-        self.renew(&mut renewals).await
+        let held = self.generation();
+        self.renew(&mut renewals, held, true).await
     }
 
     /// A replacement for `rejected`, which the vendor answered 401 to. However many requests
@@ -279,13 +287,44 @@ impl TokenSource {
                 return Ok(current);
             }
         }
-        self.renew(&mut renewals).await
+        self.renew(&mut renewals, rejected.generation, true).await
     }
 
     /// Obtains a new token now, whatever the state of the current one.
     pub async fn rotate(&self) -> Result<(), TokenError> {
         let mut renewals = self.renewals.lock().await;
-        self.renew(&mut renewals).await.map(drop)
+        let held = self.generation();
+        self.renew(&mut renewals, held, false).await.map(drop)
+    }
+
+    /// Takes the fleet's token if it is newer than the one held (another replica renewed it).
+    pub async fn adopt_shared(&self) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        let mut renewals = self.renewals.lock().await;
+        if let Some(token) = shared.newer_than(self.generation()).await {
+            if let Err(err) = self.adopt(&mut renewals, &token) {
+                tracing::warn!(app = %self.app, error = %err, "the fleet's app token is unusable");
+            }
+        }
+    }
+
+    /// The generation of the token held (0 without one).
+    fn generation(&self) -> u64 {
+        self.current.load().as_ref().map_or(0, |t| t.generation)
+    }
+
+    /// Makes the fleet's `token` the current one (no fetch was made: backoff ends).
+    fn adopt(
+        &self,
+        renewals: &mut Renewals,
+        token: &IssuedToken,
+    ) -> Result<Arc<AppToken>, TokenError> {
+        let installed = self.install(token)?;
+        renewals.failures = 0;
+        renewals.not_before = None;
+        Ok(installed)
     }
 
     /// Makes `issued` the current token.
@@ -317,7 +356,8 @@ impl TokenSource {
                 .as_ref()
                 .is_none_or(|t| Instant::now() >= t.refresh_at);
             if due && !self.retired.load(Ordering::Acquire) {
-                if let Err(err) = self.renew(&mut renewals).await {
+                let held = self.generation();
+                if let Err(err) = self.renew(&mut renewals, held, true).await {
                     tracing::warn!(app = %self.app, error = %err, "app token renewal failed");
                 }
             }
@@ -336,8 +376,20 @@ impl TokenSource {
         scheduled.max(not_before)
     }
 
-    /// One renewal, under the single-flight lock: backoff and the per-minute cap apply.
-    async fn renew(&self, renewals: &mut Renewals) -> Result<Arc<AppToken>, TokenError> {
+    /// One renewal to a token newer than generation `newer_than`, under the single-flight lock:
+    /// in cluster mode the fleet's token when it is newer (if `adopt`), else one fetch for the
+    /// fleet; backoff and the per-minute cap apply to fetches.
+    async fn renew(
+        &self,
+        renewals: &mut Renewals,
+        newer_than: u64,
+        adopt: bool,
+    ) -> Result<Arc<AppToken>, TokenError> {
+        if let Some(shared) = self.shared.as_ref().filter(|_| adopt) {
+            if let Some(token) = shared.newer_than(newer_than).await {
+                return self.adopt(renewals, &token);
+            }
+        }
         let now = Instant::now();
         if let Some(not_before) = renewals.not_before.filter(|t| *t > now) {
             return Err(TokenError::BackingOff(not_before - now));
@@ -362,7 +414,11 @@ impl TokenSource {
             }
             renewals.recent_fetches.push_back(now);
         }
-        match self.obtain().await.and_then(|issued| self.install(&issued)) {
+        let obtained = match &self.shared {
+            Some(shared) => shared.renew(newer_than, || self.obtain()).await,
+            None => self.obtain().await,
+        };
+        match obtained.and_then(|issued| self.install(&issued)) {
             Ok(token) => {
                 renewals.failures = 0;
                 renewals.not_before = None;
@@ -547,6 +603,7 @@ mod tests {
             upstream,
             policy,
             metrics,
+            None,
         )
     }
 
