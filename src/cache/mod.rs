@@ -594,7 +594,9 @@ impl Cache {
             Kind::OfflineCount => self.compact_count(response, path, key.user),
             _ => None,
         }
-        .unwrap_or_else(|| Body::Json(response.body.clone()));
+        // A copy: the response's bytes may be a slice of the buffer the connection read them
+        // into, which an entry kept alive for its whole lifetime (kilobytes per entry).
+        .unwrap_or_else(|| Body::Json(Bytes::copy_from_slice(&response.body)));
         let entry = Entry::new(ttl, policy, seq, !delivered, self.hashes.app(key.app), body);
         self.insert(key, entry_key, entry).await;
     }
@@ -734,4 +736,51 @@ fn render_count(
 /// The content type of cached JSON answers.
 pub fn json_content_type() -> HeaderValue {
     HeaderValue::from_static(JSON)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stored_body_does_not_keep_the_buffer_it_was_read_into() {
+        let settings = crate::config::RawConfig::parse(crate::demo::CONFIG)
+            .expect("the demo config parses")
+            .validate()
+            .expect("the demo config is valid")
+            .cache;
+        let cache = Arc::new(Cache::new(settings));
+        // A body as hyper hands it over: a slice of a larger read buffer.
+        let buffer = Bytes::from(vec![b' '; 16 * 1024]);
+        let body = br#"{"result":{"totalnum":"0","sublist":[]}}"#;
+        let mut filled = buffer.to_vec();
+        filled[..body.len()].copy_from_slice(body);
+        let buffer = Bytes::from(filled);
+        let sliced = buffer.slice(..body.len());
+        let key = Key {
+            kind: Kind::Sublist,
+            app: "a",
+            user: "u",
+            extra: "",
+        };
+        let response = VendorResponse {
+            status: StatusCode::OK,
+            headers: http::HeaderMap::new(),
+            body: sliced,
+            elapsed: Duration::ZERO,
+        };
+        let fetch = move || Box::pin(std::future::ready(Ok(response))) as Fetch;
+        cache
+            .read(&key, "/o/a/users/u/presence/sublist", fetch)
+            .await
+            .unwrap();
+        let entry = cache.lookup(&key).await.expect("stored");
+        let stored = entry.body_bytes("", "", "u");
+        assert_eq!(&stored[..], &body[..]);
+        let within = buffer.as_ptr_range();
+        assert!(
+            !within.contains(&stored.as_ptr()),
+            "the entry pins the read buffer"
+        );
+    }
 }
