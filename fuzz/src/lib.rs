@@ -123,28 +123,36 @@ pub fn bodies(data: &[u8]) {
             Endpoint::MessagesSend,
         ][usize::from(n) % 4],
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("a current-thread runtime");
+    thread_local! {
+        static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a current-thread runtime");
+    }
     let answer = Bytes::copy_from_slice(answer);
-    runtime.block_on(async {
-        let cache = new_cache();
-        match endpoint {
-            Endpoint::PresenceBatchGet => batch_get(&cache, request, answer).await,
-            Endpoint::PresenceSubscribe => subscribe(&cache, request, answer).await,
-            Endpoint::PresenceUnsubscribe => unsubscribe(&cache, request, answer).await,
-            _ => message(&cache, request, answer).await,
-        }
+    RUNTIME.with(|runtime| {
+        runtime.block_on(async {
+            let cache = new_cache();
+            match endpoint {
+                Endpoint::PresenceBatchGet => batch_get(&cache, request, answer).await,
+                Endpoint::PresenceSubscribe => subscribe(&cache, request, answer).await,
+                Endpoint::PresenceUnsubscribe => unsubscribe(&cache, request, answer).await,
+                _ => message(&cache, request, answer).await,
+            }
+        })
     });
 }
 
 /// An empty cache with the demo configuration's policies, merging presence lookups at once.
 fn new_cache() -> Arc<Cache> {
-    let raw = RawConfig::parse(imgate::demo::CONFIG).expect("the demo config parses");
-    let mut settings = raw.validate().expect("the demo config is valid").cache;
-    settings.batch_window = Duration::ZERO;
-    Arc::new(Cache::new(settings))
+    static SETTINGS: std::sync::OnceLock<imgate::cache::CacheSettings> = std::sync::OnceLock::new();
+    let settings = SETTINGS.get_or_init(|| {
+        let raw = RawConfig::parse(imgate::demo::CONFIG).expect("the demo config parses");
+        let mut settings = raw.validate().expect("the demo config is valid").cache;
+        settings.batch_window = Duration::ZERO;
+        settings
+    });
+    Arc::new(Cache::new(settings.clone()))
 }
 
 /// A vendor that answers 200 with `body` to every call, counting them.
