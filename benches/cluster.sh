@@ -97,11 +97,16 @@ own_jiffies() {
 
 run() {
   local mode=$1 out="$work/wrk-$1.txt" gw all0 own0 all1 own1 wrk_pid
-  RUST_LOG=warn "$BIN" serve --config "$work/$mode.toml" & gw=$!
+  RUST_LOG=error "$BIN" serve --config "$work/$mode.toml" & gw=$!
   pids+=("$gw")
   wait_ok "http://$ADMIN/readyz"
   wait_ok "http://$GW$HOT_PATH" -H "$AUTH"
   if [ "$mode" = cluster ]; then
+    # Ready comes before the first heartbeat: wait for shared mode.
+    for _ in $(seq 50); do
+      curl -s "http://$ADMIN/metrics" | grep -q '^imgate_cluster_redis_up 1' && break
+      sleep 0.1
+    done
     curl -s "http://$ADMIN/metrics" | grep -q '^imgate_cluster_redis_up 1' ||
       { echo "cluster.sh: the replica is not in shared mode" >&2; exit 1; }
   fi

@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::auth::{bearer, digests_equal};
-use crate::cache::Kind;
+use crate::cache::{Invalidation, Kind};
 use crate::gateway::{App, Gateway, Snapshot};
 use crate::route::Endpoint;
 use crate::server::{json_response, HttpResponse};
@@ -134,22 +134,21 @@ async fn purge(gateway: &Gateway, snapshot: &Snapshot, query: Option<&str>) -> H
         },
         None => Kind::ALL.to_vec(),
     };
-    let cache = &gateway.cache;
-    match user_param.as_deref() {
-        Some(user) => {
-            for key in &keys {
-                for kind in &kinds {
-                    cache.invalidate(*kind, key, user).await;
-                }
-            }
-        }
-        None if app_param.is_none() && endpoint_param.is_none() => cache.purge_all(),
-        None => {
-            for kind in &kinds {
-                cache.purge_apps(*kind, &keys).await;
-            }
-        }
-    }
+    let user = user_param.as_deref();
+    let everything = user.is_none() && app_param.is_none() && endpoint_param.is_none();
+    let changes: Vec<Invalidation<'_>> = if everything {
+        vec![Invalidation::All]
+    } else {
+        keys.iter()
+            .flat_map(|&app| {
+                kinds.iter().map(move |&kind| match user {
+                    Some(user) => Invalidation::User { kind, app, user },
+                    None => Invalidation::App { kind, app },
+                })
+            })
+            .collect()
+    };
+    gateway.cache.invalidate_everywhere(&changes).await;
     let body = json!({"purged": {"apps": names, "endpoints": kinds.iter().map(|k| k.name()).collect::<Vec<_>>(), "user": user_param}});
     json_response(200, Bytes::from(body.to_string()))
 }

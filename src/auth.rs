@@ -6,8 +6,10 @@
 //!
 //! Client tokens let a backend that uses a vendor SDK move behind imgate by changing only its
 //! base URL and credentials: the SDK's `POST {prefix}/token` with the client's name and key gets
-//! a signed, expiring token naming the client. The signature covers the client's key digest,
-//! so changing a client's key invalidates its tokens.
+//! a signed, expiring token naming the client and the app it was issued through. The signature
+//! covers the client's key digest, so changing a client's key invalidates its tokens. The
+//! signing key is configured, or derived from the app's credentials ([`ClientTokenKey`]): a
+//! token then works on every replica and after every restart with the same configuration.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -28,9 +30,10 @@ use crate::cluster::Cluster;
 use crate::config::ClientSettings;
 use crate::limit::{LocalLimit, Permits};
 use crate::route::{Endpoint, EndpointSet};
+use crate::token::Credentials;
 
 /// Client tokens start with this, so they are never mistaken for keys.
-const CLIENT_TOKEN_PREFIX: &str = "imgt1.";
+const CLIENT_TOKEN_PREFIX: &str = "imgt2.";
 
 /// A configured client, as the request path sees it.
 pub struct Client {
@@ -223,9 +226,30 @@ impl FailureLimit {
     }
 }
 
-/// The key that signs and checks client tokens.
+/// The HKDF purpose of client-token keys derived from app credentials.
+const CLIENT_TOKEN_PURPOSE: &str = "imgate client-token signing key v1";
+
+/// The keys that sign and check client tokens: the configured `signing_key` for every app, or
+/// else one key per app derived from the app's credentials. Derived keys are stable across
+/// restarts, reloads and replicas that share the configuration, yet only the configuration's
+/// secrets yield them; the token names the app that issued it, so adding or changing one app
+/// leaves the tokens issued through the others valid.
 pub struct ClientTokenKey {
-    key: Vec<u8>,
+    configured: Option<Vec<u8>>,
+    /// By [`app_tag`].
+    derived: HashMap<[u8; APP_TAG_LEN], [u8; 32]>,
+}
+
+/// Bytes of a token that name its app.
+const APP_TAG_LEN: usize = 8;
+
+/// What a token carries to name the app it was issued through: a fixed-size digest of its
+/// name, so that any name fits.
+fn app_tag(app: &str) -> [u8; APP_TAG_LEN] {
+    let digest = Sha256::digest(app.as_bytes());
+    let mut tag = [0u8; APP_TAG_LEN];
+    tag.copy_from_slice(&digest[..APP_TAG_LEN]);
+    tag
 }
 
 impl std::fmt::Debug for ClientTokenKey {
@@ -235,31 +259,58 @@ impl std::fmt::Debug for ClientTokenKey {
 }
 
 impl ClientTokenKey {
-    /// The configured key, or a random one for this process.
-    pub fn new(configured: Option<&SecretString>) -> ClientTokenKey {
-        let key = match configured {
-            Some(secret) => secret.expose_secret().as_bytes().to_vec(),
-            None => rand::random::<[u8; 32]>().to_vec(),
-        };
-        ClientTokenKey { key }
+    /// The configured key, or else keys derived from each app's credentials.
+    pub fn new<'a>(
+        configured: Option<&SecretString>,
+        apps: impl IntoIterator<Item = (&'a str, &'a Credentials)>,
+    ) -> ClientTokenKey {
+        match configured {
+            Some(secret) => ClientTokenKey {
+                configured: Some(secret.expose_secret().as_bytes().to_vec()),
+                derived: HashMap::new(),
+            },
+            None => ClientTokenKey {
+                configured: None,
+                derived: apps
+                    .into_iter()
+                    .map(|(name, c)| (app_tag(name), c.derive_key(CLIENT_TOKEN_PURPOSE)))
+                    .collect(),
+            },
+        }
     }
 
-    /// A token for `client`, valid until `now_unix + ttl`.
-    pub fn issue(&self, client: &Client, now_unix: u64, ttl: Duration) -> String {
+    fn key(&self, app_tag: &[u8]) -> Option<&[u8]> {
+        match &self.configured {
+            Some(key) => Some(key),
+            None => self.derived.get(app_tag).map(|k| &k[..]),
+        }
+    }
+
+    /// A token for `client`, issued through `app`, valid until `now_unix + ttl`; `None` when
+    /// there is no key for `app`.
+    pub fn issue(
+        &self,
+        client: &Client,
+        app: &str,
+        now_unix: u64,
+        ttl: Duration,
+    ) -> Option<String> {
+        let tag = app_tag(app);
         let mut payload = now_unix
             .saturating_add(ttl.as_secs())
             .to_le_bytes()
             .to_vec();
+        payload.extend_from_slice(&tag);
         payload.extend_from_slice(client.name.as_bytes());
         let mac = self
-            .mac(&payload, &client.key_sha256)
+            .mac(self.key(&tag)?, &payload, &client.key_sha256)
             .finalize()
             .into_bytes();
-        format!(
+        Some(format!(
             "{CLIENT_TOKEN_PREFIX}{}.{}",
             URL_SAFE_NO_PAD.encode(&payload),
             URL_SAFE_NO_PAD.encode(mac)
-        )
+        ))
     }
 
     /// The client a token (without its prefix) names, if the signature holds and it has not
@@ -274,16 +325,17 @@ impl ClientTokenKey {
         let payload = URL_SAFE_NO_PAD.decode(payload).ok()?;
         let mac = URL_SAFE_NO_PAD.decode(mac).ok()?;
         let expiry = u64::from_le_bytes(payload.get(..8)?.try_into().ok()?);
-        let client = client_named(std::str::from_utf8(&payload[8..]).ok()?)?;
-        self.mac(&payload, &client.key_sha256)
+        let tag = payload.get(8..8 + APP_TAG_LEN)?;
+        let client = client_named(std::str::from_utf8(&payload[8 + APP_TAG_LEN..]).ok()?)?;
+        self.mac(self.key(tag)?, &payload, &client.key_sha256)
             .verify_slice(&mac)
             .ok()?;
         (now_unix < expiry).then_some(client)
     }
 
-    fn mac(&self, payload: &[u8], key_sha256: &[u8; 32]) -> Hmac<Sha256> {
+    fn mac(&self, key: &[u8], payload: &[u8], key_sha256: &[u8; 32]) -> Hmac<Sha256> {
         let mut mac =
-            <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC takes any key length");
+            <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
         mac.update(payload);
         mac.update(key_sha256);
         mac
@@ -333,13 +385,29 @@ mod tests {
         h
     }
 
+    fn credentials(secret: &str) -> Credentials {
+        Credentials::Easemob {
+            org: "o".into(),
+            app: "a".into(),
+            client_id: "id".into(),
+            client_secret: SecretString::from(secret.to_owned()),
+            ttl_secs: None,
+        }
+    }
+
+    /// Keys derived from the credentials of apps `a` and `b` (secrets `sa` and `sb`).
+    fn derived(sa: &str, sb: &str) -> ClientTokenKey {
+        let (a, b) = (credentials(sa), credentials(sb));
+        ClientTokenKey::new(None, [("a", &a), ("b", &b)])
+    }
+
     fn authenticate<'c>(c: &'c Clients, value: &str) -> Option<&'c Client> {
         let h = if value.is_empty() {
             HeaderMap::new()
         } else {
             headers(value)
         };
-        c.authenticate(&h, &ClientTokenKey::new(None), 1_000)
+        c.authenticate(&h, &derived("sa", "sb"), 1_000)
     }
 
     #[test]
@@ -357,7 +425,8 @@ mod tests {
             "Bearer nope",
             "Basic key-all",
             "Bearer ",
-            "Bearer imgt1.x.y",
+            "Bearer imgt2.x.y",
+            "Bearer imgt2.AAAAAAAAAAAA.x",
         ] {
             assert!(authenticate(&c, value).is_none(), "{value}");
         }
@@ -387,39 +456,93 @@ mod tests {
         assert!(all.may_use(0) && all.may_use(1));
     }
 
+    fn issue(key: &ClientTokenKey, c: &Clients, app: &str) -> HeaderMap {
+        let token = key
+            .issue(
+                c.by_name("one").unwrap(),
+                app,
+                1_000,
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        headers(&format!("Bearer {token}"))
+    }
+
     #[test]
     fn client_tokens_name_their_client_until_they_expire() {
         let c = clients();
-        let key = ClientTokenKey::new(None);
-        let token = key.issue(c.by_name("one").unwrap(), 1_000, Duration::from_secs(60));
-        let h = headers(&format!("Bearer {token}"));
+        let key = derived("sa", "sb");
+        let h = issue(&key, &c, "b");
         assert_eq!(c.authenticate(&h, &key, 1_059).unwrap().name, "one");
         assert!(c.authenticate(&h, &key, 1_060).is_none(), "expired");
-        let other_key = ClientTokenKey::new(None);
+        let configured = ClientTokenKey::new(Some(&SecretString::from("k".repeat(32))), []);
         assert!(
-            c.authenticate(&h, &other_key, 1_000).is_none(),
+            c.authenticate(&h, &configured, 1_000).is_none(),
             "another signing key"
         );
+        let h = issue(&configured, &c, "unknown-app");
+        assert_eq!(c.authenticate(&h, &configured, 1_000).unwrap().name, "one");
+    }
+
+    #[test]
+    fn derived_keys_survive_restarts_and_follow_the_issuing_apps_credentials() {
+        let c = clients();
+        let h = issue(&derived("sa", "sb"), &c, "b");
+        // A restart, or another replica with the same configuration.
+        assert_eq!(
+            c.authenticate(&h, &derived("sa", "sb"), 1_000)
+                .unwrap()
+                .name,
+            "one"
+        );
+        // Another app's credentials changed: tokens issued through b still hold.
+        assert!(c.authenticate(&h, &derived("new", "sb"), 1_000).is_some());
+        // b's credentials changed: its tokens stop working.
+        assert!(c.authenticate(&h, &derived("sa", "new"), 1_000).is_none());
+        // An app no longer configured issued it.
+        let only_a = credentials("sa");
+        let key = ClientTokenKey::new(None, [("a", &only_a)]);
+        assert!(c.authenticate(&h, &key, 1_000).is_none());
+        assert!(key
+            .issue(
+                c.by_name("one").unwrap(),
+                "b",
+                1_000,
+                Duration::from_secs(1)
+            )
+            .is_none());
     }
 
     #[test]
     fn forged_or_rekeyed_client_tokens_are_refused() {
         let c = clients();
-        let key = ClientTokenKey::new(None);
-        let token = key.issue(c.by_name("one").unwrap(), 1_000, Duration::from_secs(60));
+        let key = derived("sa", "sb");
+        let token = key
+            .issue(
+                c.by_name("one").unwrap(),
+                "b",
+                1_000,
+                Duration::from_secs(60),
+            )
+            .unwrap();
         let (payload, mac) = token
             .trim_start_matches(CLIENT_TOKEN_PREFIX)
             .split_once('.')
             .unwrap();
-        // Claim another client's name with the same signature.
-        let mut forged = URL_SAFE_NO_PAD.decode(payload).unwrap();
-        forged.truncate(8);
-        forged.extend_from_slice(b"all");
-        let forged = format!(
-            "Bearer {CLIENT_TOKEN_PREFIX}{}.{mac}",
-            URL_SAFE_NO_PAD.encode(forged)
-        );
-        assert!(c.authenticate(&headers(&forged), &key, 1_000).is_none());
+        // Claim another client's name, or another app, with the same signature.
+        let decoded = URL_SAFE_NO_PAD.decode(payload).unwrap();
+        let mut other_client = decoded.clone();
+        other_client.truncate(8 + APP_TAG_LEN);
+        other_client.extend_from_slice(b"all");
+        let mut other_app = decoded;
+        other_app[8..8 + APP_TAG_LEN].copy_from_slice(&app_tag("a"));
+        for forged in [other_client, other_app] {
+            let forged = format!(
+                "Bearer {CLIENT_TOKEN_PREFIX}{}.{mac}",
+                URL_SAFE_NO_PAD.encode(forged)
+            );
+            assert!(c.authenticate(&headers(&forged), &key, 1_000).is_none());
+        }
         // The same client name with a new key: its old tokens stop working.
         let rekeyed = Clients::new(
             &[ClientSettings {

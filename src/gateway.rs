@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -17,14 +17,16 @@ use secrecy::ExposeSecret;
 
 use crate::auth::{ClientTokenKey, Clients, FailureLimit};
 use crate::cache::{Cache, CacheStatus, Kind};
+use crate::cluster::bus::{Bus, TokenNotice};
 use crate::cluster::quota::SharedQuota;
+use crate::cluster::token_store::TokenStore;
 use crate::cluster::{Cluster, ClusterError};
-use crate::config::{vendor_identity, ConfigErrors, Credentials, RawConfig, Settings};
+use crate::config::{vendor_identity, ConfigErrors, RawConfig, Settings};
 use crate::limit::{Permits, VendorQuota, WaitPolicy};
 use crate::metrics::Metrics;
 use crate::route::{encode_segment, AppRef, Endpoint};
 use crate::server::ConnLimits;
-use crate::token::{TokenError, TokenPolicy, TokenSource};
+use crate::token::{Credentials, TokenError, TokenPolicy, TokenSource};
 use crate::upstream::Upstream;
 
 /// One fronted vendor app.
@@ -195,9 +197,9 @@ pub struct Gateway {
     pub auth_failures: FailureLimit,
     /// The last [`App::instance`] given out.
     instances: AtomicU64,
+    /// Invalidations and token notices to and from the other replicas (with `cluster`).
+    bus: Option<Arc<Bus>>,
     config_path: Option<PathBuf>,
-    /// Used when the configuration names no signing key, so tokens survive reloads.
-    process_token_key: Arc<ClientTokenKey>,
     current: ArcSwap<Snapshot>,
     reloading: tokio::sync::Mutex<()>,
 }
@@ -218,26 +220,28 @@ impl Gateway {
         let metrics = Metrics::new(registry)?;
         let upstream = Arc::new(Upstream::new(&settings.upstream));
         let conn_limits = settings.conn_limits.clone();
-        let process_token_key = Arc::new(ClientTokenKey::new(None));
-        let gateway = Arc::new(Gateway {
+        let cache = Arc::new(Cache::new(settings.cache.clone()));
+        let gateway = Arc::new_cyclic(|gateway| Gateway {
+            bus: cluster
+                .as_ref()
+                .map(|c| Bus::start(c, &cache, token_notices(gateway.clone()))),
             conn_limits,
             shutdown_delay: settings.shutdown_delay,
             draining: AtomicBool::new(false),
             upstream,
             metrics,
-            cache: Arc::new(Cache::new(settings.cache.clone())),
+            cache,
             started: Instant::now(),
             cluster,
             auth_failures: FailureLimit::new(settings.client_token_failures),
             instances: AtomicU64::new(0),
             config_path,
-            process_token_key,
             current: ArcSwap::from_pointee(Snapshot {
                 apps: Vec::new(),
                 clients: Clients::default(),
                 max_body_bytes: 0,
                 admin_key_sha256: None,
-                client_tokens: Arc::new(ClientTokenKey::new(None)),
+                client_tokens: Arc::new(ClientTokenKey::new(None, [])),
                 client_token_ttl: Duration::ZERO,
             }),
             reloading: tokio::sync::Mutex::new(()),
@@ -381,6 +385,12 @@ impl Gateway {
                         format!("/{}/{}", encode_segment(org), encode_segment(app))
                     }
                 };
+                let shared = match (&self.cluster, &self.bus, &app.credentials) {
+                    (Some(cluster), Some(bus), Credentials::Easemob { .. }) => {
+                        Some(TokenStore::new(cluster, bus, &app.name, &app.credentials))
+                    }
+                    _ => None,
+                };
                 let tokens = TokenSource::new(
                     &app.name,
                     app.credentials,
@@ -388,6 +398,7 @@ impl Gateway {
                     self.upstream.clone(),
                     policy.clone(),
                     self.metrics.token(&app.name),
+                    shared,
                 );
                 tokens.start();
                 let throttled = Endpoint::ALL
@@ -419,10 +430,11 @@ impl Gateway {
             |name| apps.iter().position(|a| a.name == name),
             self.cluster.as_ref(),
         );
-        let client_tokens = match &settings.client_token_key {
-            Some(key) => Arc::new(ClientTokenKey::new(Some(key))),
-            None => self.process_token_key.clone(),
-        };
+        let client_tokens = Arc::new(ClientTokenKey::new(
+            settings.client_token_key.as_ref(),
+            apps.iter()
+                .map(|app| (app.name.as_str(), app.tokens.credentials())),
+        ));
         let snapshot = Snapshot {
             apps,
             clients,
@@ -440,4 +452,16 @@ impl Gateway {
 /// Names as a JSON array, for log fields (JSON logs carry it as an array).
 fn json_list<'a>(names: impl Iterator<Item = &'a str>) -> String {
     serde_json::Value::from(names.collect::<Vec<_>>()).to_string()
+}
+
+/// What the bus calls when another replica stored a new app token: the app's source takes it.
+fn token_notices(gateway: Weak<Gateway>) -> TokenNotice {
+    Box::new(move |app, _generation| {
+        let Some(gateway) = gateway.upgrade() else {
+            return;
+        };
+        if let Some(app) = gateway.snapshot().app_named(app).cloned() {
+            tokio::spawn(async move { app.tokens.adopt_shared().await });
+        }
+    })
 }

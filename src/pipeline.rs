@@ -483,7 +483,8 @@ impl<'s> TokenRequest<'_, 's> {
         };
         let token = snapshot
             .client_tokens
-            .issue(client, vendor::now_secs(), ttl);
+            .issue(client, &app.name, vendor::now_secs(), ttl)
+            .ok_or(GatewayError::InvalidGrant)?;
         let body =
             json!({"access_token": token, "expires_in": ttl.as_secs(), "application": app.name});
         Ok(server::json_response(200, Bytes::from(body.to_string())))

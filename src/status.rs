@@ -41,10 +41,10 @@ use prometheus::proto::{Metric, MetricFamily};
 use serde_json::{json, Value};
 
 use crate::cache::Kind;
-use crate::config::Credentials;
 use crate::gateway::{App, Gateway};
 use crate::route::Endpoint;
 use crate::server::{json_response, HttpResponse};
+use crate::token::Credentials;
 
 /// The page: HTML with its CSS and JS inline.
 pub const PAGE: &str = include_str!("status.html");

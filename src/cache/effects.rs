@@ -8,7 +8,7 @@
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::{presence, Cache, Kind};
+use super::{presence, Cache, Invalidation, Kind};
 use crate::route::{Endpoint, Route};
 use crate::upstream::VendorResponse;
 
@@ -29,29 +29,49 @@ impl Cache {
         let user = route.user;
         match route.endpoint {
             Endpoint::PresenceSet => {
-                self.invalidate(Kind::Presence, app, user).await;
+                let mut changes = vec![about(Kind::Presence, app, user)];
                 if route.status == "1" {
-                    self.invalidate(Kind::OfflineCount, app, user).await;
-                    self.invalidate(Kind::OfflineStatus, app, user).await;
+                    changes.push(about(Kind::OfflineCount, app, user));
+                    changes.push(about(Kind::OfflineStatus, app, user));
                 }
+                self.invalidate_everywhere(&changes).await;
             }
             Endpoint::PresenceSubscribe => {
-                self.invalidate(Kind::Sublist, app, user).await;
-                for (uid, entry) in presence::split_result(&response.body).unwrap_or_default() {
-                    if let Some(entry) = without_expiry(&entry) {
-                        self.store_presence(app, &uid, entry, seq).await;
+                self.invalidate_everywhere(&[about(Kind::Sublist, app, user)])
+                    .await;
+                let entries = presence::split_result(&response.body).unwrap_or_default();
+                for (uid, entry) in &entries {
+                    if let Some(entry) = without_expiry(entry) {
+                        self.store_presence(app, uid, entry, seq).await;
                     }
                 }
+                // Refreshed here; the other replicas fetch them again.
+                let refreshed: Vec<_> = entries
+                    .keys()
+                    .map(|uid| about(Kind::Presence, app, uid.as_str()))
+                    .collect();
+                self.tell_others(&refreshed);
             }
-            Endpoint::PresenceUnsubscribe => self.invalidate(Kind::Sublist, app, user).await,
+            Endpoint::PresenceUnsubscribe => {
+                self.invalidate_everywhere(&[about(Kind::Sublist, app, user)])
+                    .await
+            }
             Endpoint::MessagesSend => {
-                for recipient in recipients(request_body) {
-                    self.invalidate(Kind::OfflineCount, app, &recipient).await;
-                }
+                let recipients = recipients(request_body);
+                let changes: Vec<_> = recipients
+                    .iter()
+                    .map(|r| about(Kind::OfflineCount, app, r.as_str()))
+                    .collect();
+                self.invalidate_everywhere(&changes).await;
             }
             _ => {}
         }
     }
+}
+
+/// The reads of `kind` about `user` of `app`.
+fn about<'a>(kind: Kind, app: &'a str, user: &'a str) -> Invalidation<'a> {
+    Invalidation::User { kind, app, user }
 }
 
 /// A subscription's answer entry in the shape of a batch get's (which has no `expiry`).

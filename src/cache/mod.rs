@@ -21,11 +21,13 @@
 mod effects;
 mod entry;
 mod flights;
+mod invalidation;
 mod keys;
 pub mod presence;
 mod store;
 
 pub use entry::{Body, Entry};
+pub use invalidation::{Invalidation, InvalidationSink};
 pub use keys::{Key, Kind};
 
 use flights::Flights;
@@ -35,9 +37,10 @@ use store::Store;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::StatusCode;
 use moka::future::Cache as Moka;
@@ -147,6 +150,8 @@ pub struct Cache {
     uri_bases: Mutex<Vec<Arc<str>>>,
     /// Merges concurrent presence lookups into vendor batch calls.
     pub batcher: presence::Batcher,
+    /// The other replicas, in cluster mode ([`Cache::connect`]).
+    sink: OnceLock<Arc<dyn InvalidationSink>>,
 }
 
 impl Cache {
@@ -185,6 +190,7 @@ impl Cache {
             flights: Flights::new(),
             uri_bases: Mutex::new(Vec::new()),
             batcher: presence::Batcher::new(settings.batch_window, settings.max_batch_users),
+            sink: OnceLock::new(),
             settings,
         }
     }
@@ -370,7 +376,9 @@ impl Cache {
             Kind::OfflineCount => self.compact_count(response, path, key.user),
             _ => None,
         }
-        .unwrap_or_else(|| Body::Json(response.body.clone()));
+        // A copy: the response's bytes may be a slice of the buffer the connection read them
+        // into, which an entry kept alive for its whole lifetime (kilobytes per entry).
+        .unwrap_or_else(|| Body::Json(Bytes::copy_from_slice(&response.body)));
         let entry = Entry::new(ttl, policy, seq, !delivered, self.hashes.app(key.app), body);
         self.insert(key, entry_key, entry).await;
     }
@@ -526,5 +534,47 @@ mod tests {
         }
         let held = cache.entry_counts().await[Kind::OfflineStatus as usize].1;
         assert!((1..=10).contains(&held), "{held} held");
+    }
+
+    #[tokio::test]
+    async fn a_stored_body_does_not_keep_the_buffer_it_was_read_into() {
+        let settings = crate::config::RawConfig::parse(crate::demo::CONFIG)
+            .expect("the demo config parses")
+            .validate()
+            .expect("the demo config is valid")
+            .cache;
+        let cache = Arc::new(Cache::new(settings));
+        // A body as hyper hands it over: a slice of a larger read buffer.
+        let buffer = Bytes::from(vec![b' '; 16 * 1024]);
+        let body = br#"{"result":{"totalnum":"0","sublist":[]}}"#;
+        let mut filled = buffer.to_vec();
+        filled[..body.len()].copy_from_slice(body);
+        let buffer = Bytes::from(filled);
+        let sliced = buffer.slice(..body.len());
+        let key = Key {
+            kind: Kind::Sublist,
+            app: "a",
+            user: "u",
+            extra: "",
+        };
+        let response = VendorResponse {
+            status: StatusCode::OK,
+            headers: http::HeaderMap::new(),
+            body: sliced,
+            elapsed: Duration::ZERO,
+        };
+        let fetch = move || Box::pin(std::future::ready(Ok(response))) as Fetch;
+        cache
+            .read(&key, "/o/a/users/u/presence/sublist", fetch)
+            .await
+            .unwrap();
+        let entry = cache.lookup(&key).await.expect("stored");
+        let stored = entry.body_bytes("", "", "u");
+        assert_eq!(&stored[..], &body[..]);
+        let within = buffer.as_ptr_range();
+        assert!(
+            !within.contains(&stored.as_ptr()),
+            "the entry pins the read buffer"
+        );
     }
 }

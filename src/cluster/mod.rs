@@ -12,8 +12,10 @@
 //! or a client's) keeps every key of one app in one Redis Cluster slot, so its scripts may
 //! touch several keys; every part is bounded in length.
 
+pub mod bus;
 mod config;
 pub mod quota;
+pub mod token_store;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -69,15 +71,21 @@ pub enum Op {
     ClientLease,
     /// The membership heartbeat (also the probe while Redis is down).
     Heartbeat,
+    /// A message on the invalidation bus.
+    Invalidation,
+    /// The shared app token (read, lock, store).
+    AppToken,
 }
 
 impl Op {
     /// Every operation, in label order.
-    pub const ALL: [Op; 4] = [
+    pub const ALL: [Op; 6] = [
         Op::VendorQuota,
         Op::VendorPause,
         Op::ClientLease,
         Op::Heartbeat,
+        Op::Invalidation,
+        Op::AppToken,
     ];
 
     /// The metrics label.
@@ -87,6 +95,8 @@ impl Op {
             Op::VendorPause => "vendor_pause",
             Op::ClientLease => "client_lease",
             Op::Heartbeat => "heartbeat",
+            Op::Invalidation => "invalidation",
+            Op::AppToken => "app_token",
         }
     }
 }

@@ -156,8 +156,8 @@ impl Default for RawTokens {
 pub struct RawClientTokens {
     /// Lifetime of an issued client token, seconds (callers may ask for less with `ttl`).
     pub ttl_secs: u64,
-    /// Key that signs client tokens; a secret. Absent: a random key per process (tokens then
-    /// do not survive a restart nor work across replicas).
+    /// Key that signs client tokens; a secret. Absent: keys derived from each app's credentials
+    /// (tokens survive restarts and work on every replica with the same configuration).
     pub signing_key: Option<String>,
     /// Wrong client credentials one source address may send to the token endpoint per
     /// minute; past it, 429 until the minute is over.

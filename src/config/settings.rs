@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::Uri;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 
 use super::LogFormat;
 use crate::cache::CacheSettings;
@@ -12,8 +12,8 @@ use crate::cluster::ClusterSettings;
 use crate::limit::{LimitPolicy, WaitPolicy};
 use crate::route::{Endpoint, EndpointSet};
 use crate::server::ConnLimits;
+pub use crate::token::Credentials;
 use crate::token::TokenPolicy;
-use crate::vendor::VendorKind;
 
 /// Validated, typed settings.
 #[derive(Debug)]
@@ -84,88 +84,6 @@ pub struct AppSettings {
     pub credentials: Credentials,
     /// The vendor quota imgate may use per endpoint ([`Endpoint::index`]), calls per second.
     pub vendor_quotas: [u32; Endpoint::ALL.len()],
-}
-
-/// The credentials of an app, per vendor.
-#[derive(Debug)]
-pub enum Credentials {
-    /// Agora: AccessToken2 minted from App ID + App Certificate.
-    Agora {
-        /// App ID.
-        app_id: String,
-        /// App Certificate.
-        certificate: SecretString,
-        /// Token lifetime, seconds.
-        expire_secs: u32,
-    },
-    /// Easemob: client credentials exchanged at the token endpoint.
-    Easemob {
-        /// Org name.
-        org: String,
-        /// App name.
-        app: String,
-        /// Client id.
-        client_id: String,
-        /// Client secret.
-        client_secret: SecretString,
-        /// Requested `ttl`, seconds.
-        ttl_secs: Option<u64>,
-    },
-}
-
-impl Credentials {
-    /// Whether both name the same app with the same secrets (a reload keeps the app's token).
-    pub fn same_as(&self, other: &Credentials) -> bool {
-        match (self, other) {
-            (
-                Credentials::Agora {
-                    app_id,
-                    certificate,
-                    expire_secs,
-                },
-                Credentials::Agora {
-                    app_id: id2,
-                    certificate: cert2,
-                    expire_secs: exp2,
-                },
-            ) => {
-                app_id == id2
-                    && certificate.expose_secret() == cert2.expose_secret()
-                    && expire_secs == exp2
-            }
-            (
-                Credentials::Easemob {
-                    org,
-                    app,
-                    client_id,
-                    client_secret,
-                    ttl_secs,
-                },
-                Credentials::Easemob {
-                    org: o2,
-                    app: a2,
-                    client_id: id2,
-                    client_secret: s2,
-                    ttl_secs: t2,
-                },
-            ) => {
-                org == o2
-                    && app == a2
-                    && client_id == id2
-                    && client_secret.expose_secret() == s2.expose_secret()
-                    && ttl_secs == t2
-            }
-            _ => false,
-        }
-    }
-
-    /// The vendor these credentials belong to.
-    pub fn vendor(&self) -> VendorKind {
-        match self {
-            Credentials::Agora { .. } => VendorKind::Agora,
-            Credentials::Easemob { .. } => VendorKind::Easemob,
-        }
-    }
 }
 
 /// A validated client.

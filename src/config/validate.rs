@@ -252,8 +252,9 @@ impl RawConfig {
             if !self.clients.is_empty() {
                 found.warn(
                     field,
-                    "not set: client tokens (POST {prefix}/token) are signed with a random key \
-                     per process, so they stop working on a restart and on other replicas",
+                    "not set: client tokens (POST {prefix}/token) are signed with keys derived \
+                     from each app's credentials, so changing an app's credentials revokes the \
+                     tokens issued through it",
                 );
             }
             return Some(None);
@@ -980,7 +981,7 @@ mod tests {
     fn risky_settings_are_warnings_not_errors() {
         assert_eq!(
             warnings_of(GOOD),
-            ["client_tokens.signing_key: not set: client tokens (POST {prefix}/token) are signed with a random key per process, so they stop working on a restart and on other replicas"]
+            ["client_tokens.signing_key: not set: client tokens (POST {prefix}/token) are signed with keys derived from each app's credentials, so changing an app's credentials revokes the tokens issued through it"]
         );
         let risky = GOOD.replace("https://a41.chat.agora.io", "http://a41.chat.agora.io")
             + "\n[admin]\nkey = \"short\"\n";

@@ -9,14 +9,20 @@
 //! - a token the vendor rejects (401) is renewed once for all the requests that saw it rejected.
 //!
 //! Agora tokens are minted locally ([`agora`]); Easemob tokens come from the vendor's token
-//! endpoint with the app's client credentials.
+//! endpoint with the app's client credentials. In cluster mode an Easemob app's token is the
+//! fleet's ([`crate::cluster::token_store`]): each renewal first looks for a newer one another
+//! replica stored, and one replica fetches for all.
 
 pub mod agora;
+mod credentials;
+pub mod seal;
+
+pub use credentials::Credentials;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
@@ -29,7 +35,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
-use crate::config::Credentials;
+use crate::cluster::token_store::TokenStore;
 use crate::route::Endpoint;
 use crate::upstream::{status_label, vendor_uri, Upstream, UpstreamError};
 use crate::vendor;
@@ -119,6 +125,26 @@ pub enum TokenError {
     BackingOff(Duration),
 }
 
+/// A token as obtained: from the vendor, minted, or from the fleet's shared store.
+#[derive(Debug)]
+pub struct IssuedToken {
+    /// Counts the tokens the fleet obtained for the app (0 outside cluster mode).
+    pub generation: u64,
+    /// When it was issued, ms since the Unix epoch.
+    pub issued_unix_ms: u64,
+    /// When it expires, ms since the Unix epoch; `None` for a token without expiry.
+    pub expires_unix_ms: Option<u64>,
+    /// The token itself.
+    pub token: SecretString,
+}
+
+impl IssuedToken {
+    /// Whether it is still valid at `now_unix_ms`.
+    pub fn is_valid_at(&self, now_unix_ms: u64) -> bool {
+        self.expires_unix_ms.is_none_or(|e| now_unix_ms < e)
+    }
+}
+
 /// A token ready to inject.
 pub struct AppToken {
     /// `Bearer <token>`, marked sensitive so that it is never logged by hyper or us.
@@ -126,6 +152,8 @@ pub struct AppToken {
     /// When the token stops being valid.
     pub expires_at: Instant,
     refresh_at: Instant,
+    /// Its generation (see [`IssuedToken::generation`]).
+    pub generation: u64,
 }
 
 impl std::fmt::Debug for AppToken {
@@ -133,6 +161,7 @@ impl std::fmt::Debug for AppToken {
         f.debug_struct("AppToken")
             .field("header", &"[REDACTED]")
             .field("expires_at", &self.expires_at)
+            .field("generation", &self.generation)
             .finish()
     }
 }
@@ -166,6 +195,8 @@ pub struct TokenSource {
     renewals: tokio::sync::Mutex<Renewals>,
     retired: AtomicBool,
     wake: Notify,
+    /// The fleet's shared token, in cluster mode (Easemob apps only).
+    shared: Option<TokenStore>,
 }
 
 impl TokenSource {
@@ -177,6 +208,7 @@ impl TokenSource {
         upstream: Arc<Upstream>,
         policy: TokenPolicy,
         metrics: TokenMetrics,
+        shared: Option<TokenStore>,
     ) -> Arc<TokenSource> {
         Arc::new(TokenSource {
             app: app.to_owned(),
@@ -189,6 +221,7 @@ impl TokenSource {
             renewals: tokio::sync::Mutex::new(Renewals::default()),
             retired: AtomicBool::new(false),
             wake: Notify::new(),
+            shared,
         })
     }
 
@@ -241,7 +274,8 @@ impl TokenSource {
                 return Ok(token);
             }
         }
-        self.renew(&mut renewals).await
+        let held = self.generation();
+        self.renew(&mut renewals, held, true).await
     }
 
     /// A replacement for `rejected`, which the vendor answered 401 to. However many requests
@@ -256,13 +290,56 @@ impl TokenSource {
                 return Ok(current);
             }
         }
-        self.renew(&mut renewals).await
+        self.renew(&mut renewals, rejected.generation, true).await
     }
 
     /// Obtains a new token now, whatever the state of the current one.
     pub async fn rotate(&self) -> Result<(), TokenError> {
         let mut renewals = self.renewals.lock().await;
-        self.renew(&mut renewals).await.map(drop)
+        let held = self.generation();
+        self.renew(&mut renewals, held, false).await.map(drop)
+    }
+
+    /// Takes the fleet's token if it is newer than the one held (another replica renewed it).
+    pub async fn adopt_shared(&self) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        let mut renewals = self.renewals.lock().await;
+        if let Some(token) = shared.newer_than(self.generation()).await {
+            if let Err(err) = self.adopt(&mut renewals, &token) {
+                tracing::warn!(app = %self.app, error = %err, "the fleet's app token is unusable");
+            }
+        }
+    }
+
+    /// The generation of the token held (0 without one).
+    fn generation(&self) -> u64 {
+        self.current.load().as_ref().map_or(0, |t| t.generation)
+    }
+
+    /// Makes the fleet's `token` the current one (no fetch was made: backoff ends).
+    fn adopt(
+        &self,
+        renewals: &mut Renewals,
+        token: &IssuedToken,
+    ) -> Result<Arc<AppToken>, TokenError> {
+        let installed = self.install(token)?;
+        renewals.failures = 0;
+        renewals.not_before = None;
+        Ok(installed)
+    }
+
+    /// Makes `issued` the current token.
+    fn install(&self, issued: &IssuedToken) -> Result<Arc<AppToken>, TokenError> {
+        let token = Arc::new(self.app_token(issued)?);
+        self.current.store(Some(token.clone()));
+        let expiry = match issued.expires_unix_ms {
+            Some(ms) => ms as f64 / 1000.0,
+            None => unix_seconds(token.expires_at),
+        };
+        self.metrics.expiry.set(expiry);
+        Ok(token)
     }
 
     async fn renew_in_background(self: Arc<Self>) {
@@ -282,7 +359,8 @@ impl TokenSource {
                 .as_ref()
                 .is_none_or(|t| Instant::now() >= t.refresh_at);
             if due && !self.retired.load(Ordering::Acquire) {
-                if let Err(err) = self.renew(&mut renewals).await {
+                let held = self.generation();
+                if let Err(err) = self.renew(&mut renewals, held, true).await {
                     tracing::warn!(app = %self.app, error = %err, "app token renewal failed");
                 }
             }
@@ -301,8 +379,20 @@ impl TokenSource {
         scheduled.max(not_before)
     }
 
-    /// One renewal, under the single-flight lock: backoff and the per-minute cap apply.
-    async fn renew(&self, renewals: &mut Renewals) -> Result<Arc<AppToken>, TokenError> {
+    /// One renewal to a token newer than generation `newer_than`, under the single-flight lock:
+    /// in cluster mode the fleet's token when it is newer (if `adopt`), else one fetch for the
+    /// fleet; backoff and the per-minute cap apply to fetches.
+    async fn renew(
+        &self,
+        renewals: &mut Renewals,
+        newer_than: u64,
+        adopt: bool,
+    ) -> Result<Arc<AppToken>, TokenError> {
+        if let Some(shared) = self.shared.as_ref().filter(|_| adopt) {
+            if let Some(token) = shared.newer_than(newer_than).await {
+                return self.adopt(renewals, &token);
+            }
+        }
         let now = Instant::now();
         if let Some(not_before) = renewals.not_before.filter(|t| *t > now) {
             return Err(TokenError::BackingOff(not_before - now));
@@ -327,14 +417,15 @@ impl TokenSource {
             }
             renewals.recent_fetches.push_back(now);
         }
-        match self.obtain().await {
+        let obtained = match &self.shared {
+            Some(shared) => shared.renew(newer_than, || self.obtain()).await,
+            None => self.obtain().await,
+        };
+        match obtained.and_then(|issued| self.install(&issued)) {
             Ok(token) => {
-                let token = Arc::new(token);
-                self.current.store(Some(token.clone()));
                 renewals.failures = 0;
                 renewals.not_before = None;
                 self.metrics.success.inc();
-                self.metrics.expiry.set(unix_seconds(token.expires_at));
                 Ok(token)
             }
             Err(err) => {
@@ -351,7 +442,8 @@ impl TokenSource {
         }
     }
 
-    async fn obtain(&self) -> Result<AppToken, TokenError> {
+    /// A new token: minted (Agora) or fetched from the vendor (Easemob).
+    async fn obtain(&self) -> Result<IssuedToken, TokenError> {
         match &self.credentials {
             Credentials::Agora {
                 app_id,
@@ -360,21 +452,16 @@ impl TokenSource {
             } => {
                 // The token's clock is whole seconds: count its life from the start of the
                 // second it names, as the vendor does.
-                let since_epoch = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default();
-                let issue_ts = u32::try_from(since_epoch.as_secs()).unwrap_or(u32::MAX);
-                let issued_at = Instant::now()
-                    .checked_sub(Duration::from_nanos(u64::from(since_epoch.subsec_nanos())))
-                    .unwrap_or_else(Instant::now);
+                let issue_ts = u32::try_from(vendor::now_secs()).unwrap_or(u32::MAX);
                 let spec =
                     agora::TokenSpec::app(app_id, issue_ts, *expire_secs, agora::random_salt());
-                let lifetime = Duration::from_secs(u64::from(*expire_secs));
-                self.app_token(
-                    &spec.build(certificate.expose_secret()),
-                    issued_at,
-                    Some(lifetime),
-                )
+                let issued_unix_ms = u64::from(issue_ts) * 1000;
+                Ok(IssuedToken {
+                    generation: 0,
+                    issued_unix_ms,
+                    expires_unix_ms: Some(issued_unix_ms + u64::from(*expire_secs) * 1000),
+                    token: SecretString::from(spec.build(certificate.expose_secret())),
+                })
             }
             Credentials::Easemob {
                 org,
@@ -396,7 +483,7 @@ impl TokenSource {
         client_id: &str,
         client_secret: &SecretString,
         ttl_secs: Option<u64>,
-    ) -> Result<AppToken, TokenError> {
+    ) -> Result<IssuedToken, TokenError> {
         let mut body = json!({
             "grant_type": "client_credentials",
             "client_id": client_id,
@@ -413,6 +500,7 @@ impl TokenSource {
             .body(Full::new(Bytes::from(body.to_string())))
             .map_err(|_| TokenError::Unusable)?;
         let requested_at = Instant::now();
+        let requested_unix_ms = vendor::now_millis();
         let result = self.upstream.send(request).await;
         self.metrics
             .fetched(status_label(&result), requested_at.elapsed().as_secs_f64());
@@ -435,29 +523,31 @@ impl TokenSource {
             .ok_or_else(|| rejected("no expires_in in the answer"))?;
         // expires_in 0 means the token never expires. Its life is counted from the request, so
         // imgate never believes a token valid for longer than the vendor does.
-        let lifetime = (expires_in > 0).then(|| Duration::from_secs(expires_in));
-        self.app_token(token, requested_at, lifetime)
+        Ok(IssuedToken {
+            generation: 0,
+            issued_unix_ms: requested_unix_ms,
+            expires_unix_ms: (expires_in > 0)
+                .then(|| requested_unix_ms.saturating_add(expires_in.saturating_mul(1000))),
+            token: SecretString::from(token.to_owned()),
+        })
     }
 
-    fn app_token(
-        &self,
-        token: &str,
-        issued_at: Instant,
-        lifetime: Option<Duration>,
-    ) -> Result<AppToken, TokenError> {
-        let mut header =
-            HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| TokenError::Unusable)?;
+    /// The token to inject, renewed at a jittered fraction of the life it has left.
+    fn app_token(&self, issued: &IssuedToken) -> Result<AppToken, TokenError> {
+        let mut header = HeaderValue::try_from(format!("Bearer {}", issued.token.expose_secret()))
+            .map_err(|_| TokenError::Unusable)?;
         header.set_sensitive(true);
         let now = Instant::now();
-        let (expires_at, refresh_at) = match lifetime {
-            Some(life) => {
-                let expires_at = issued_at + life.min(LONGEST_LIFETIME);
-                // A fraction of the life left now: an Agora token minted late in a second has
-                // lost the part of that second already (its clock counts whole seconds).
-                let left = expires_at.saturating_duration_since(now);
+        let (expires_at, refresh_at) = match issued.expires_unix_ms {
+            Some(expires) => {
+                // The life left now: an Agora token minted late in a second has lost the part
+                // of that second already (its clock counts whole seconds). A vendor's number is
+                // believed only up to LONGEST_LIFETIME, so the clock arithmetic cannot overflow.
+                let left = Duration::from_millis(expires.saturating_sub(vendor::now_millis()))
+                    .min(LONGEST_LIFETIME);
                 let jitter = 1.0 - self.policy.refresh_jitter * rand::thread_rng().gen::<f64>();
                 (
-                    expires_at,
+                    now + left,
                     now + left.mul_f64(self.policy.refresh_fraction * jitter),
                 )
             }
@@ -467,15 +557,13 @@ impl TokenSource {
             header,
             expires_at,
             refresh_at,
+            generation: issued.generation,
         })
     }
 }
 
 fn unix_seconds(at: Instant) -> f64 {
-    let now_unix = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64();
+    let now_unix = vendor::now_millis() as f64 / 1000.0;
     let now = Instant::now();
     if at >= now {
         now_unix + (at - now).as_secs_f64()
@@ -517,6 +605,7 @@ mod tests {
             upstream,
             policy,
             metrics,
+            None,
         )
     }
 
@@ -541,13 +630,16 @@ mod tests {
     #[tokio::test]
     async fn tokens_are_renewed_within_the_jittered_fraction_and_never_shown() {
         let s = source(agora(), TokenPolicy::default());
+        let now = vendor::now_millis();
         let t = s
-            .app_token(
-                "secret-token",
-                Instant::now(),
-                Some(Duration::from_secs(100)),
-            )
+            .app_token(&IssuedToken {
+                generation: 3,
+                issued_unix_ms: now,
+                expires_unix_ms: Some(now + 100_000),
+                token: SecretString::from("secret-token"),
+            })
             .unwrap();
+        assert_eq!(t.generation, 3);
         let after = t.refresh_at.duration_since(Instant::now());
         assert!(
             after <= Duration::from_secs(50) && after >= Duration::from_secs(44),
@@ -561,7 +653,12 @@ mod tests {
     async fn a_vendor_lifetime_that_overflows_the_clock_is_believed_only_so_far() {
         let s = source(agora(), TokenPolicy::default());
         let t = s
-            .app_token("t", Instant::now(), Some(Duration::from_secs(u64::MAX)))
+            .app_token(&IssuedToken {
+                generation: 0,
+                issued_unix_ms: vendor::now_millis(),
+                expires_unix_ms: Some(u64::MAX),
+                token: SecretString::from("t"),
+            })
             .unwrap();
         assert!(t.expires_at > Instant::now() + Duration::from_secs(50 * 365 * 24 * 3600));
         assert!(t.refresh_at < t.expires_at);
