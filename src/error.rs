@@ -33,6 +33,9 @@ pub enum GatewayError {
     /// The request body could not be read.
     #[error("request body could not be read")]
     BodyUnreadable,
+    /// The request body did not arrive within `server.body_read_timeout_ms`.
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
     /// The token endpoint got wrong client credentials.
     #[error("client_id or client_secret does not match")]
     InvalidGrant,
@@ -106,6 +109,7 @@ impl GatewayError {
             GatewayError::Forbidden | GatewayError::OtherNotForwarded => 403,
             GatewayError::BodyTooLarge(_) => 413,
             GatewayError::BodyUnreadable => 400,
+            GatewayError::BodyTimeout => 408,
             GatewayError::Token(_) => 503,
             GatewayError::Upstream(UpstreamError::Timeout) => 504,
             GatewayError::Upstream(_) | GatewayError::UpstreamUnauthorized => 502,
@@ -125,6 +129,7 @@ impl GatewayError {
             GatewayError::Forbidden => "imgate_forbidden",
             GatewayError::BodyTooLarge(_) => "imgate_body_too_large",
             GatewayError::BodyUnreadable => "imgate_bad_request",
+            GatewayError::BodyTimeout => "imgate_body_timeout",
             // The vendor's names, which vendor SDKs understand.
             GatewayError::InvalidGrant | GatewayError::UnsupportedGrant => "invalid_grant",
             GatewayError::UnsupportedMediaType => "web_application",
@@ -133,6 +138,7 @@ impl GatewayError {
             GatewayError::Token(_) => "imgate_token_unavailable",
             GatewayError::Upstream(UpstreamError::Timeout) => "imgate_upstream_timeout",
             GatewayError::Upstream(UpstreamError::Connect(_)) => "imgate_upstream_unavailable",
+            GatewayError::Upstream(UpstreamError::Tls(_)) => "imgate_upstream_tls",
             GatewayError::Upstream(_) => "imgate_upstream_error",
             GatewayError::UpstreamUnauthorized => "imgate_upstream_unauthorized",
             GatewayError::Shared(inner) => inner.name(),
@@ -151,6 +157,7 @@ impl GatewayError {
             | GatewayError::Forbidden
             | GatewayError::BodyTooLarge(_)
             | GatewayError::BodyUnreadable
+            | GatewayError::BodyTimeout
             | GatewayError::InvalidGrant
             | GatewayError::UnsupportedGrant
             | GatewayError::UnsupportedMediaType

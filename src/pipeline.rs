@@ -22,11 +22,11 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE};
 use http::request::Parts;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use serde_json::{json, Value};
 
 use crate::cache::presence::{self, BatchError, SendBatch};
@@ -59,6 +59,9 @@ struct Trace<'g> {
     vendor_seconds: f64,
     /// The client's quota and what is left of it, for the `RateLimit` headers.
     rate: Option<(LimitPolicy, u32, u64)>,
+    /// Whether a request body may still be arriving (unread): an HTTP/1 connection is then
+    /// closed after the answer rather than kept for a body nobody will read.
+    body_pending: bool,
 }
 
 impl Trace<'_> {
@@ -79,6 +82,7 @@ pub async fn handle(gateway: &Arc<Gateway>, req: Request<Incoming>) -> HttpRespo
     let request_id = request_id(req.headers());
     let trace_context = TraceContext::from_headers(req.headers());
     let method = req.method().clone();
+    let version = req.version();
     let snapshot = gateway.snapshot();
     let mut trace = Trace {
         client: "-",
@@ -87,6 +91,7 @@ pub async fn handle(gateway: &Arc<Gateway>, req: Request<Incoming>) -> HttpRespo
         vendor_status: None,
         vendor_seconds: 0.0,
         rate: None,
+        body_pending: false,
     };
     let ids = Ids {
         request: &request_id,
@@ -99,7 +104,13 @@ pub async fn handle(gateway: &Arc<Gateway>, req: Request<Incoming>) -> HttpRespo
             if err.fault() != crate::error::Fault::Caller && err.retry_after().is_none() {
                 tracing::warn!(error = %err, app = trace.app(), endpoint = trace.endpoint(), "request failed");
             }
-            err.to_response()
+            let mut response = err.to_response();
+            if trace.body_pending && version < http::Version::HTTP_2 {
+                response
+                    .headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            response
         }
     };
     let status = response.status();
@@ -153,22 +164,21 @@ async fn process<'s>(
     trace: &mut Trace<'s>,
 ) -> Result<HttpResponse, GatewayError> {
     let (parts, body) = req.into_parts();
+    trace.body_pending = !body.is_end_stream();
 
     // 1. classify
     let route = route::classify(&parts.method, parts.uri.path()).ok_or(GatewayError::NoRoute)?;
     let (app_index, app) = snapshot.app(route.app).ok_or(GatewayError::UnknownApp)?;
     trace.route = Some((app, route.endpoint));
-    let body = server::read_body(body, snapshot.max_body_bytes)
-        .await
-        .map_err(|err| match err {
-            BodyError::TooLarge(limit) => GatewayError::BodyTooLarge(limit),
-            BodyError::Read => GatewayError::BodyUnreadable,
-        })?;
 
-    // 2. authenticate
+    // 2. authenticate, on the headers alone: a caller without a key never gets its body read
     if route.endpoint == Endpoint::Token {
         // Never forwarded: the vendor's client credentials are imgate's alone.
-        return issue_client_token(snapshot, app_index, app, &parts, &body, trace);
+        if !vendor::content_type_accepted(route.endpoint, &parts.headers) {
+            return Err(GatewayError::UnsupportedMediaType);
+        }
+        let body = read_request_body(gateway, snapshot, body, trace).await?;
+        return issue_client_token(snapshot, app_index, app, &body, trace);
     }
     let client = snapshot
         .clients
@@ -180,6 +190,10 @@ async fn process<'s>(
     }
     if route.endpoint == Endpoint::Other && !snapshot.forward_other {
         return Err(GatewayError::OtherNotForwarded);
+    }
+    // The vendor would answer 415: no vendor call (nor quota) spent to learn it.
+    if !vendor::content_type_accepted(route.endpoint, &parts.headers) {
+        return Err(GatewayError::UnsupportedMediaType);
     }
 
     // 3. limit (client)
@@ -197,6 +211,7 @@ async fn process<'s>(
             }
         }
     }
+    let body = read_request_body(gateway, snapshot, body, trace).await?;
     let call = Call {
         gateway,
         app,
@@ -364,28 +379,34 @@ impl Call<'_> {
     }
 }
 
+/// The whole request body, within `server.max_body_bytes` and `server.body_read_timeout_ms`.
+async fn read_request_body(
+    gateway: &Gateway,
+    snapshot: &Snapshot,
+    body: Incoming,
+    trace: &mut Trace<'_>,
+) -> Result<Bytes, GatewayError> {
+    let limits = &gateway.conn_limits;
+    let body = server::read_body(body, snapshot.max_body_bytes, limits.body_read_timeout)
+        .await
+        .map_err(|err| match err {
+            BodyError::TooLarge(limit) => GatewayError::BodyTooLarge(limit),
+            BodyError::Read => GatewayError::BodyUnreadable,
+            BodyError::Timeout(_) => GatewayError::BodyTimeout,
+        })?;
+    trace.body_pending = false;
+    Ok(body)
+}
+
 /// `POST {prefix}/token` with the client's name and key, as vendor SDKs send it: answered with
 /// an imgate client token in the vendor's response shape.
 fn issue_client_token<'s>(
     snapshot: &'s Snapshot,
     app_index: usize,
     app: &App,
-    parts: &Parts,
     body: &[u8],
     trace: &mut Trace<'s>,
 ) -> Result<HttpResponse, GatewayError> {
-    let is_json = parts
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("application/json")
-        });
-    if !is_json {
-        return Err(GatewayError::UnsupportedMediaType);
-    }
     let request: Value = serde_json::from_slice(body).map_err(|_| GatewayError::BadJson)?;
     let field = |name: &str| request.get(name).and_then(Value::as_str).unwrap_or("");
     if field("grant_type") != "client_credentials" {
