@@ -120,7 +120,7 @@ async fn rotate(snapshot: &Snapshot, query: Option<&str>) -> HttpResponse {
                 );
                 return refused;
             }
-            return error(502, "imgate_token_unavailable", &message);
+            return error(503, "imgate_token_unavailable", &message);
         }
         rotated.push(app.name.clone());
     }

@@ -222,6 +222,69 @@ mod tests {
         assert_eq!(e.to_response().status(), 401);
     }
 
+    /// One error of every kind; the match fails to compile when a variant is added without one.
+    fn one_of_each() -> Vec<GatewayError> {
+        let all = vec![
+            GatewayError::NoRoute,
+            GatewayError::UnknownApp,
+            GatewayError::Unauthenticated,
+            GatewayError::Forbidden,
+            GatewayError::BodyTooLarge(1),
+            GatewayError::BodyUnreadable,
+            GatewayError::BodyTimeout,
+            GatewayError::InvalidGrant,
+            GatewayError::UnsupportedMediaType,
+            GatewayError::BadJson,
+            GatewayError::OtherNotForwarded,
+            GatewayError::Token(TokenError::Unusable),
+            GatewayError::Upstream(UpstreamError::Connect(String::new())),
+            GatewayError::Upstream(UpstreamError::Tls(String::new())),
+            GatewayError::Upstream(UpstreamError::Timeout),
+            GatewayError::Upstream(UpstreamError::Failed(String::new())),
+            GatewayError::UpstreamUnauthorized,
+            GatewayError::BatchAbandoned,
+            GatewayError::RateLimited {
+                per_second: 1,
+                retry_after: Duration::ZERO,
+            },
+            GatewayError::VendorQuota {
+                retry_after: Duration::ZERO,
+            },
+        ];
+        for err in &all {
+            match err {
+                GatewayError::NoRoute
+                | GatewayError::UnknownApp
+                | GatewayError::Unauthenticated
+                | GatewayError::Forbidden
+                | GatewayError::BodyTooLarge(_)
+                | GatewayError::BodyUnreadable
+                | GatewayError::BodyTimeout
+                | GatewayError::InvalidGrant
+                | GatewayError::UnsupportedMediaType
+                | GatewayError::BadJson
+                | GatewayError::OtherNotForwarded
+                | GatewayError::Token(_)
+                | GatewayError::Upstream(_)
+                | GatewayError::UpstreamUnauthorized
+                | GatewayError::Shared(_)
+                | GatewayError::BatchAbandoned
+                | GatewayError::RateLimited { .. }
+                | GatewayError::VendorQuota { .. } => {}
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn the_readme_error_table_lists_every_error_with_its_status() {
+        let readme = include_str!("../README.md");
+        for err in one_of_each() {
+            let row = format!("| {} | `{}` |", err.status(), err.name());
+            assert!(readme.contains(&row), "README lacks {row}");
+        }
+    }
+
     #[test]
     fn vendor_failures_map_to_gateway_statuses() {
         assert_eq!(GatewayError::Upstream(UpstreamError::Timeout).status(), 504);
