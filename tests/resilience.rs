@@ -45,8 +45,9 @@ async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> String {
     loop {
         match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
             Err(_) => panic!(
-                "connection still open after {limit:?}; got {:?}",
-                String::from_utf8_lossy(&out)
+                "connection still open after {limit:?}; got {} bytes: {:?}",
+                out.len(),
+                String::from_utf8_lossy(&out[..out.len().min(200)])
             ),
             Ok(Ok(0)) | Ok(Err(_)) => return String::from_utf8_lossy(&out).into_owned(),
             Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
@@ -657,4 +658,87 @@ async fn plain_http_answer(addr: std::net::SocketAddr) -> String {
         .await
         .unwrap();
     read_until_closed(&mut stream, Duration::from_secs(12)).await
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_after_the_write_timeout() {
+    const BODY: usize = 16 << 20;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let limits = imgate::server::ConnLimits {
+        write_timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
+    // An answer far larger than the socket buffers hold.
+    let handler = |_req, _peer| async {
+        Ok(imgate::server::json_response(
+            200,
+            Bytes::from(vec![b' '; BODY]),
+        ))
+    };
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(imgate::server::serve(
+        listener,
+        limits,
+        None,
+        handler,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: imgate\r\n\r\n")
+        .await
+        .unwrap();
+    // Read nothing for twice the write timeout, then everything that is left.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut received = Vec::new();
+    let read =
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut received)).await;
+    assert!(
+        read.is_ok(),
+        "connection still open 7 s after the client stopped reading"
+    );
+    assert!(
+        received.len() < BODY,
+        "all {} bytes were delivered: the stalled write was never cut",
+        received.len()
+    );
+    println!(
+        "stalled reader dropped with {} of {BODY} bytes sent",
+        received.len()
+    );
+}
+
+#[tokio::test]
+async fn the_emulator_command_serves_https_with_the_given_certificate() {
+    let cert = TestCert::new("emulator-cli");
+    let port = common::free_port();
+    let _emulator = common::KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_imgate"))
+            .args(["emulator", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--tls-cert")
+            .arg(&cert.cert)
+            .arg("--tls-key")
+            .arg(&cert.key)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let client = https_client(&cert.cert, false);
+    let url = format!("https://127.0.0.1:{port}/__emulator/stats");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (status, version, stats) = loop {
+        match https_send(&client, Method::GET, &url, None).await {
+            Ok(answer) => break answer,
+            Err(err) => assert!(Instant::now() < deadline, "no HTTPS answer: {err}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!((status, version), (StatusCode::OK, Version::HTTP_2));
+    assert!(stats["requests"].is_object(), "{stats}");
 }
