@@ -233,6 +233,7 @@ mod tests {
             GatewayError::BodyUnreadable,
             GatewayError::BodyTimeout,
             GatewayError::InvalidGrant,
+            GatewayError::UnsupportedGrant,
             GatewayError::UnsupportedMediaType,
             GatewayError::BadJson,
             GatewayError::OtherNotForwarded,
@@ -261,6 +262,7 @@ mod tests {
                 | GatewayError::BodyUnreadable
                 | GatewayError::BodyTimeout
                 | GatewayError::InvalidGrant
+                | GatewayError::UnsupportedGrant
                 | GatewayError::UnsupportedMediaType
                 | GatewayError::BadJson
                 | GatewayError::OtherNotForwarded

@@ -2,7 +2,7 @@
 //! and [`run`], which wires the gateway's two listeners to their handlers.
 //!
 //! HTTP/1.1 and h2c (or HTTP/2 over TLS by ALPN) through hyper-util's auto builder, with the
-//! guards hyper lacks on its own:
+//! guards hyper lacks on its own (docs/architecture.md, "The listeners"):
 //! - a connection has `header_read_timeout` from its accept to its first request's complete
 //!   headers: the TLS handshake and the HTTP/1-or-2 sniffing are inside it, so a peer that sends
 //!   one byte and stops is dropped; later HTTP/1 requests get the same time through hyper;
