@@ -32,6 +32,7 @@ fn policy(max_entries: u64) -> CachePolicy {
         ttl: Duration::from_secs(600),
         stale_while_revalidate: Duration::ZERO,
         stale_if_error: Duration::ZERO,
+        stale_timeout: Duration::ZERO,
         max_entries,
     }
 }

@@ -12,9 +12,11 @@ use sha2::{Digest, Sha256};
 use crate::auth::{bearer, digests_equal};
 use crate::cache::{Invalidation, Kind};
 use crate::gateway::{App, Gateway, Snapshot};
+use crate::limit::retry_after_secs;
 use crate::route::Endpoint;
 use crate::server::{json_response, HttpResponse};
 use crate::status;
+use crate::token::TokenError;
 use crate::vendor::error_body;
 
 /// Answers one admin request.
@@ -55,23 +57,28 @@ pub async fn handle(gateway: &Gateway, req: Request<Incoming>) -> HttpResponse {
     }
 }
 
-/// Ready when every app holds a valid token; otherwise 503 naming the degraded apps.
+/// Ready when every app holds a valid token; otherwise 503 naming the degraded apps and why
+/// (it turns 200 again by itself once their tokens are renewed).
 fn readiness(snapshot: &Snapshot) -> HttpResponse {
-    let apps: Map<String, Value> = snapshot
-        .apps
-        .iter()
-        .map(|app| {
-            let state = if app.tokens.is_ready() {
-                "ok"
-            } else {
+    let mut apps = Map::new();
+    let mut reasons = Map::new();
+    for app in &snapshot.apps {
+        let state = match app.tokens.readiness() {
+            Ok(()) => "ok",
+            Err(reason) => {
+                reasons.insert(app.name.clone(), Value::from(reason));
                 "degraded"
-            };
-            (app.name.clone(), Value::from(state))
-        })
-        .collect();
-    let ready = apps.values().all(|state| state == "ok");
-    let body = json!({"status": if ready { "ready" } else { "degraded" }, "apps": apps});
-    json_response(if ready { 200 } else { 503 }, Bytes::from(body.to_string()))
+            }
+        };
+        apps.insert(app.name.clone(), Value::from(state));
+    }
+    let body = if reasons.is_empty() {
+        json!({"status": "ready", "apps": apps})
+    } else {
+        json!({"status": "degraded", "apps": apps, "reasons": reasons})
+    };
+    let status = if reasons.is_empty() { 200 } else { 503 };
+    json_response(status, Bytes::from(body.to_string()))
 }
 
 /// The answer to an admin request without the admin key; `None` when it carries the key.
@@ -102,7 +109,15 @@ async fn rotate(snapshot: &Snapshot, query: Option<&str>) -> HttpResponse {
         if let Err(err) = app.tokens.rotate().await {
             let message = format!("app {}: {err}", app.name);
             tracing::warn!(app = %app.name, error = %err, "token rotation failed");
-            return error(502, "imgate_token_unavailable", &message);
+            if let TokenError::RotationLimited { retry_after, .. } = err {
+                let mut refused = error(429, "imgate_rotation_limited", &message);
+                refused.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after_secs(retry_after)),
+                );
+                return refused;
+            }
+            return error(503, "imgate_token_unavailable", &message);
         }
         rotated.push(app.name.clone());
     }

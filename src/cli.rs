@@ -63,6 +63,12 @@ enum Command {
         /// Address to listen on [default: the config's `listen`, else 127.0.0.1:8081].
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Serve HTTPS with this PEM certificate chain (with --tls-key), as the vendor does.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key of --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Print a vendor app token.
     #[command(subcommand)]
@@ -166,7 +172,12 @@ fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Token(TokenCommand::Agora(args)) => agora_token(args),
-        Command::Emulator { config, listen } => {
+        Command::Emulator {
+            config,
+            listen,
+            tls_cert,
+            tls_key,
+        } => {
             let config = match config {
                 Some(path) => EmulatorConfig::load(&path).map_err(CliError::Config)?,
                 None => EmulatorConfig::demo(),
@@ -178,11 +189,23 @@ fn run(cli: Cli) -> Result<(), CliError> {
                     .map_err(|_| CliError::Config(format!("listen: not an address: {text}")))?,
                 (None, None) => SocketAddr::from(([127, 0, 0, 1], 8081)),
             };
+            let tls = match (tls_cert, tls_key) {
+                (Some(cert), Some(key)) => Some(
+                    crate::tls::server_config(&cert, &key)
+                        .map_err(|e| CliError::Config(e.to_string()))?,
+                ),
+                _ => None,
+            };
             let _logging = logging::init(log_format.unwrap_or(LogFormat::Text), "info");
             runtime()?.block_on(async move {
                 let listener = bind(addr).await?;
-                tracing::info!(addr = %addr, apps = config.apps.len(), "imgate emulator listening");
-                Emulator::new(config).run(listener, shutdown_signal()).await;
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                tracing::info!(addr = %addr, scheme, apps = config.apps.len(), "imgate emulator listening");
+                let emulator = Emulator::new(config);
+                match tls {
+                    Some(tls) => emulator.run_tls(listener, tls, shutdown_signal()).await,
+                    None => emulator.run(listener, shutdown_signal()).await,
+                }
                 Ok(())
             })
         }

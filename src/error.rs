@@ -37,6 +37,9 @@ pub enum GatewayError {
     /// The request body could not be read.
     #[error("request body could not be read")]
     BodyUnreadable,
+    /// The request body did not arrive within `server.body_read_timeout_ms`.
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
     /// The token endpoint got wrong client credentials.
     #[error("client_id or client_secret does not match")]
     InvalidGrant,
@@ -118,6 +121,7 @@ impl GatewayError {
             GatewayError::Forbidden | GatewayError::EndpointNotForwarded => 403,
             GatewayError::BodyTooLarge(_) => 413,
             GatewayError::BodyUnreadable => 400,
+            GatewayError::BodyTimeout => 408,
             GatewayError::Token(_) => 503,
             GatewayError::Upstream(UpstreamError::Timeout) => 504,
             GatewayError::Upstream(_) | GatewayError::UpstreamUnauthorized => 502,
@@ -140,6 +144,7 @@ impl GatewayError {
             GatewayError::Forbidden => "imgate_forbidden",
             GatewayError::BodyTooLarge(_) => "imgate_body_too_large",
             GatewayError::BodyUnreadable => "imgate_bad_request",
+            GatewayError::BodyTimeout => "imgate_body_timeout",
             // The vendor's names, which vendor SDKs understand.
             GatewayError::InvalidGrant | GatewayError::UnsupportedGrant => "invalid_grant",
             GatewayError::UnsupportedMediaType => "web_application",
@@ -148,6 +153,7 @@ impl GatewayError {
             GatewayError::Token(_) => "imgate_token_unavailable",
             GatewayError::Upstream(UpstreamError::Timeout) => "imgate_upstream_timeout",
             GatewayError::Upstream(UpstreamError::Connect(_)) => "imgate_upstream_unavailable",
+            GatewayError::Upstream(UpstreamError::Tls(_)) => "imgate_upstream_tls",
             GatewayError::Upstream(_) => "imgate_upstream_error",
             GatewayError::UpstreamUnauthorized => "imgate_upstream_unauthorized",
             GatewayError::Shared(inner) => inner.name(),
@@ -169,6 +175,7 @@ impl GatewayError {
             | GatewayError::Forbidden
             | GatewayError::BodyTooLarge(_)
             | GatewayError::BodyUnreadable
+            | GatewayError::BodyTimeout
             | GatewayError::InvalidGrant
             | GatewayError::UnsupportedGrant
             | GatewayError::UnsupportedMediaType
@@ -233,6 +240,77 @@ mod tests {
         assert_eq!((e.status(), e.name()), (401, "unauthorized"));
         assert!(e.to_string().contains("imgate refused"));
         assert_eq!(e.to_response().status(), 401);
+    }
+
+    /// One error of every kind; the match fails to compile when a variant is added without one.
+    fn one_of_each() -> Vec<GatewayError> {
+        let all = vec![
+            GatewayError::NoRoute,
+            GatewayError::UnknownApp,
+            GatewayError::Unauthenticated,
+            GatewayError::Forbidden,
+            GatewayError::BodyTooLarge(1),
+            GatewayError::BodyUnreadable,
+            GatewayError::BodyTimeout,
+            GatewayError::InvalidGrant,
+            GatewayError::UnsupportedGrant,
+            GatewayError::UnsupportedMediaType,
+            GatewayError::BadJson,
+            GatewayError::EndpointNotForwarded,
+            GatewayError::BadPath(PathError::DotSegment),
+            GatewayError::TooManyFailures {
+                retry_after: Duration::ZERO,
+            },
+            GatewayError::Token(TokenError::Unusable),
+            GatewayError::Upstream(UpstreamError::Connect(String::new())),
+            GatewayError::Upstream(UpstreamError::Tls(String::new())),
+            GatewayError::Upstream(UpstreamError::Timeout),
+            GatewayError::Upstream(UpstreamError::Failed(String::new())),
+            GatewayError::UpstreamUnauthorized,
+            GatewayError::BatchAbandoned,
+            GatewayError::RateLimited {
+                per_second: 1,
+                retry_after: Duration::ZERO,
+            },
+            GatewayError::VendorQuota {
+                retry_after: Duration::ZERO,
+            },
+        ];
+        for err in &all {
+            match err {
+                GatewayError::NoRoute
+                | GatewayError::UnknownApp
+                | GatewayError::Unauthenticated
+                | GatewayError::Forbidden
+                | GatewayError::BodyTooLarge(_)
+                | GatewayError::BodyUnreadable
+                | GatewayError::BodyTimeout
+                | GatewayError::InvalidGrant
+                | GatewayError::UnsupportedGrant
+                | GatewayError::UnsupportedMediaType
+                | GatewayError::BadJson
+                | GatewayError::EndpointNotForwarded
+                | GatewayError::BadPath(_)
+                | GatewayError::TooManyFailures { .. }
+                | GatewayError::Token(_)
+                | GatewayError::Upstream(_)
+                | GatewayError::UpstreamUnauthorized
+                | GatewayError::Shared(_)
+                | GatewayError::BatchAbandoned
+                | GatewayError::RateLimited { .. }
+                | GatewayError::VendorQuota { .. } => {}
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn the_readme_error_table_lists_every_error_with_its_status() {
+        let readme = include_str!("../README.md");
+        for err in one_of_each() {
+            let row = format!("| {} | `{}` |", err.status(), err.name());
+            assert!(readme.contains(&row), "README lacks {row}");
+        }
     }
 
     #[test]

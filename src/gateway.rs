@@ -25,7 +25,7 @@ use crate::config::{vendor_identity, ConfigErrors, RawConfig, Settings};
 use crate::limit::{Permits, VendorQuota, WaitPolicy};
 use crate::metrics::Metrics;
 use crate::route::{encode_segment, AppRef, Endpoint};
-use crate::server::ConnLimits;
+use crate::server::{ConnLimits, TlsConfig};
 use crate::token::{Credentials, TokenError, TokenPolicy, TokenSource};
 use crate::upstream::Upstream;
 
@@ -180,6 +180,8 @@ pub enum StartError {
 pub struct Gateway {
     /// Connection guards of both listeners (fixed at start).
     pub conn_limits: ConnLimits,
+    /// TLS of the API listener when it serves HTTPS (certificate and key re-read on reload).
+    pub api_tls: Option<TlsConfig>,
     /// How long the listeners keep accepting after a shutdown signal (fixed at start).
     pub shutdown_delay: Duration,
     draining: AtomicBool,
@@ -220,12 +222,14 @@ impl Gateway {
         let metrics = Metrics::new(registry)?;
         let upstream = Arc::new(Upstream::new(&settings.upstream));
         let conn_limits = settings.conn_limits.clone();
+        let api_tls = settings.api_tls.clone().map(|c| Arc::new(ArcSwap::new(c)));
         let cache = Arc::new(Cache::new(settings.cache.clone()));
         let gateway = Arc::new_cyclic(|gateway| Gateway {
             bus: cluster
                 .as_ref()
                 .map(|c| Bus::start(c, &cache, token_notices(gateway.clone()))),
             conn_limits,
+            api_tls,
             shutdown_delay: settings.shutdown_delay,
             draining: AtomicBool::new(false),
             upstream,
@@ -287,6 +291,11 @@ impl Gateway {
             tracing::warn!(%warning, "configuration");
         }
         let old = self.snapshot();
+        match (&self.api_tls, &settings.api_tls) {
+            (Some(running), Some(new)) => running.store(new.clone()),
+            (None, None) => {}
+            _ => tracing::warn!("turning TLS of the API listener on or off needs a restart"),
+        }
         let (snapshot, fresh) = self.build_snapshot(settings, &old.apps);
         // New tokens before the switch: a request never meets an app without one.
         for app in &fresh {

@@ -21,6 +21,7 @@
 //!   the one entry point of `main` and the tests.
 //! - [`cluster`]: several replicas on one Redis: shared quotas, membership, degraded mode.
 //! - [`status`]: the status page on the admin listener (`/` and `/status.json`).
+//! - [`tls`]: rustls for HTTPS listeners and the roots trusted toward the vendor.
 //! - [`emulator`]: a faithful in-memory fake of the vendor API for tests, demos and benchmarks.
 //! - [`demo`]: the demo identities and the one-process demo.
 
@@ -44,6 +45,7 @@ pub mod pipeline;
 pub mod route;
 pub mod server;
 pub mod status;
+pub mod tls;
 pub mod token;
 pub mod trace;
 pub mod upstream;

@@ -27,11 +27,11 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
 use http::request::Parts;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use serde_json::{json, Value};
 
 use crate::cache::presence::{self, BatchError, PresenceApp, SendBatch};
@@ -64,6 +64,9 @@ struct Trace<'g> {
     vendor_seconds: f64,
     /// The client's quota and what is left of it, for the `RateLimit` headers.
     rate: Option<(LimitPolicy, u32, u64)>,
+    /// Whether a request body may still be arriving (unread): an HTTP/1 connection is then
+    /// closed after the answer rather than kept for a body nobody will read.
+    body_pending: bool,
 }
 
 impl Trace<'_> {
@@ -88,6 +91,7 @@ pub async fn handle(
     let request_id = request_id(req.headers());
     let trace_context = TraceContext::from_headers(req.headers());
     let method = req.method().clone();
+    let version = req.version();
     let snapshot = gateway.snapshot();
     let mut trace = Trace {
         client: "-",
@@ -96,6 +100,7 @@ pub async fn handle(
         vendor_status: None,
         vendor_seconds: 0.0,
         rate: None,
+        body_pending: false,
     };
     let ids = Ids {
         request: &request_id,
@@ -108,7 +113,13 @@ pub async fn handle(
             if err.fault() != crate::error::Fault::Caller && err.retry_after().is_none() {
                 tracing::warn!(error = %err, app = trace.app(), endpoint = trace.endpoint(), "request failed");
             }
-            err.to_response()
+            let mut response = err.to_response();
+            if trace.body_pending && version < http::Version::HTTP_2 {
+                response
+                    .headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            response
         }
     };
     let status = response.status();
@@ -163,6 +174,7 @@ async fn process<'s>(
     trace: &mut Trace<'s>,
 ) -> Result<HttpResponse, GatewayError> {
     let (parts, body) = req.into_parts();
+    trace.body_pending = !body.is_end_stream();
 
     // 1. classify: refused paths never reach routing, let alone the vendor.
     let path = route::Path::parse(parts.uri.path()).map_err(GatewayError::BadPath)?;
@@ -195,7 +207,10 @@ async fn process<'s>(
     if !client.may_call(route.endpoint) {
         return Err(GatewayError::EndpointNotForwarded);
     }
-    let body = read_body(body, snapshot.max_body_bytes).await?;
+    // The vendor would answer 415: no vendor call (nor quota) spent to learn it.
+    if !vendor::content_type_accepted(route.endpoint, &parts.headers) {
+        return Err(GatewayError::UnsupportedMediaType);
+    }
 
     // 3. limit (client)
     if let Some(limit) = &client.limit {
@@ -212,6 +227,7 @@ async fn process<'s>(
             }
         }
     }
+    let body = read_request_body(gateway, snapshot, body, trace).await?;
     let call = Call {
         gateway,
         app,
@@ -245,15 +261,6 @@ async fn process<'s>(
 
     // 8. respond
     Ok(respond(&response))
-}
-
-async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, GatewayError> {
-    server::read_body(body, limit)
-        .await
-        .map_err(|err| match err {
-            BodyError::TooLarge(limit) => GatewayError::BodyTooLarge(limit),
-            BodyError::Read => GatewayError::BodyUnreadable,
-        })
 }
 
 /// One authenticated request, as the cache and the vendor call need it.
@@ -418,6 +425,25 @@ impl Call<'_> {
     }
 }
 
+/// The whole request body, within `server.max_body_bytes` and `server.body_read_timeout_ms`.
+async fn read_request_body(
+    gateway: &Gateway,
+    snapshot: &Snapshot,
+    body: Incoming,
+    trace: &mut Trace<'_>,
+) -> Result<Bytes, GatewayError> {
+    let limits = &gateway.conn_limits;
+    let body = server::read_body(body, snapshot.max_body_bytes, limits.body_read_timeout)
+        .await
+        .map_err(|err| match err {
+            BodyError::TooLarge(limit) => GatewayError::BodyTooLarge(limit),
+            BodyError::Read => GatewayError::BodyUnreadable,
+            BodyError::Timeout(_) => GatewayError::BodyTimeout,
+        })?;
+    trace.body_pending = false;
+    Ok(body)
+}
+
 /// `POST {prefix}/token` with the client's name and key, as vendor SDKs send it.
 struct TokenRequest<'r, 's> {
     gateway: &'r Gateway,
@@ -442,19 +468,10 @@ impl<'s> TokenRequest<'_, 's> {
             self.gateway.metrics.rate_limited(Scope::Client);
             return Err(GatewayError::TooManyFailures { retry_after });
         }
-        let body = read_body(body, snapshot.max_body_bytes).await?;
-        let is_json = parts
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                v.trim_start()
-                    .to_ascii_lowercase()
-                    .starts_with("application/json")
-            });
-        if !is_json {
+        if !vendor::content_type_accepted(Endpoint::Token, &parts.headers) {
             return Err(GatewayError::UnsupportedMediaType);
         }
+        let body = read_request_body(self.gateway, snapshot, body, trace).await?;
         let request: Value = serde_json::from_slice(&body).map_err(|_| GatewayError::BadJson)?;
         let field = |name: &str| request.get(name).and_then(Value::as_str).unwrap_or("");
         if field("grant_type") != "client_credentials" {

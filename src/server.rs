@@ -1,15 +1,28 @@
 //! Accepting connections: one loop shared by the gateway, its admin listener and the emulator;
 //! and [`run`], which wires the gateway's two listeners to their handlers.
 //!
-//! HTTP/1.1 and h2c through hyper-util's auto builder, with the guards hyper lacks on its own
-//! (docs/architecture.md, "The listeners"): a first-byte timeout, a header-read timeout, a cap
-//! on concurrent connections, and a graceful drain on shutdown.
+//! HTTP/1.1 and h2c (or HTTP/2 over TLS by ALPN) through hyper-util's auto builder, with the
+//! guards hyper lacks on its own (docs/architecture.md, "The listeners"):
+//! - a connection has `header_read_timeout` from its accept to its first request's complete
+//!   headers: the TLS handshake and the HTTP/1-or-2 sniffing are inside it, so a peer that sends
+//!   one byte and stops is dropped; later HTTP/1 requests get the same time through hyper;
+//! - a connection with no request open for `idle_timeout` is shut down gracefully (HTTP/1
+//!   keep-alive and HTTP/2 alike; HTTP/2 also pings an open connection and drops it when a ping
+//!   is not answered in `write_timeout`);
+//! - a write that makes no progress for `write_timeout` (a peer that stopped reading) fails and
+//!   ends the connection;
+//! - HTTP/2 concurrent streams and header lists are capped; so is the HTTP/1 header buffer;
+//! - at most `max_connections` at once (more wait in the accept queue), and a graceful drain on
+//!   shutdown.
+//!
+//! Request bodies get `body_read_timeout` where they are read ([`read_body`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
@@ -17,9 +30,11 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::time::Instant;
+use tokio_io_timeout::TimeoutStream;
 
 use crate::gateway::Gateway;
 use crate::{admin, pipeline};
@@ -30,6 +45,9 @@ pub type HttpResponse = Response<Full<Bytes>>;
 /// What a handler may answer: a response, or "drop the connection" (the emulator's reset fault).
 pub type HandlerResult = Result<HttpResponse, ConnectionReset>;
 
+/// The TLS configuration of a listener, replaceable while it runs (a reload re-reads the files).
+pub type TlsConfig = Arc<ArcSwap<rustls::ServerConfig>>;
+
 /// Ask the server to drop the connection without answering.
 #[derive(Debug, thiserror::Error)]
 #[error("connection reset on purpose")]
@@ -38,47 +56,81 @@ pub struct ConnectionReset;
 /// Limits applied to every accepted connection.
 #[derive(Debug, Clone)]
 pub struct ConnLimits {
-    /// Time a new connection has to send its first byte.
-    pub first_byte_timeout: Duration,
-    /// Time a request has to deliver its complete header block.
+    /// Time from accept to the first request's complete headers (TLS handshake and protocol
+    /// sniffing included), and for each later HTTP/1 request's headers.
     pub header_read_timeout: Duration,
+    /// A connection without an open request for this long is closed.
+    pub idle_timeout: Duration,
+    /// Time a request body has to arrive completely.
+    pub body_read_timeout: Duration,
+    /// A write (or an HTTP/2 ping) without progress for this long ends the connection.
+    pub write_timeout: Duration,
+    /// Most concurrent HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+    /// Largest request header block, bytes.
+    pub max_header_bytes: usize,
     /// Concurrent connections; more wait in the accept queue.
     pub max_connections: usize,
     /// Time in-flight requests get to finish once shutdown starts.
     pub drain_timeout: Duration,
 }
 
+/// hyper refuses an HTTP/1 read buffer smaller than this.
+const MIN_HTTP1_BUFFER: usize = 8192;
+
 impl Default for ConnLimits {
     fn default() -> Self {
         ConnLimits {
-            first_byte_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            body_read_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
+            max_concurrent_streams: 256,
+            max_header_bytes: 32 * 1024,
             max_connections: 10_000,
             drain_timeout: Duration::from_secs(10),
         }
     }
 }
 
-/// Serves `handler` on `listener` until `shutdown` completes, then drains open connections.
+impl ConnLimits {
+    fn builder(&self) -> auto::Builder<TokioExecutor> {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.header_read_timeout)
+            .max_buf_size(self.max_header_bytes.max(MIN_HTTP1_BUFFER))
+            .keep_alive(true);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(self.max_concurrent_streams)
+            .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX))
+            .keep_alive_interval(self.idle_timeout)
+            .keep_alive_timeout(self.write_timeout);
+        builder
+    }
+}
+
+/// Serves `handler` on `listener` (over TLS when `tls` is given) until `shutdown` completes,
+/// then drains open connections.
 pub async fn serve<H, F>(
     listener: TcpListener,
     limits: ConnLimits,
+    tls: Option<TlsConfig>,
     handler: H,
     shutdown: impl Future<Output = ()>,
 ) where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = HandlerResult> + Send + 'static,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
-    let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
+    let builder = Arc::new(limits.builder());
+    let limits = Arc::new(limits);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    // Every connection task holds a sender: the channel closes when the last one ends.
+    let (alive, mut all_done) = mpsc::channel::<()>(1);
+    let (stop, stopped) = watch::channel(false);
     tokio::pin!(shutdown);
 
     loop {
@@ -102,24 +154,25 @@ pub async fn serve<H, F>(
             },
         };
         let _ = stream.set_nodelay(true);
+        let conn = Conn {
+            builder: builder.clone(),
+            limits: limits.clone(),
+            stop: stopped.clone(),
+            peer,
+        };
         let handler = handler.clone();
-        let service = service_fn(move |req| handler(req, peer));
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        let first_byte_timeout = limits.first_byte_timeout;
+        let tls = tls.as_ref().map(|t| t.load_full());
+        let alive = alive.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            if !first_byte_arrives(&stream, first_byte_timeout).await {
-                return;
-            }
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            if let Err(err) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(error = %err, %peer, "connection ended with an error");
-            }
+            let _alive = alive;
+            conn.run(stream, tls, handler).await;
         });
     }
     drop(listener);
-    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
+    let _ = stop.send(true);
+    drop(alive);
+    if tokio::time::timeout(limits.drain_timeout, all_done.recv())
         .await
         .is_err()
     {
@@ -127,12 +180,130 @@ pub async fn serve<H, F>(
     }
 }
 
-async fn first_byte_arrives(stream: &TcpStream, timeout: Duration) -> bool {
-    let mut byte = [0u8; 1];
-    matches!(
-        tokio::time::timeout(timeout, stream.peek(&mut byte)).await,
-        Ok(Ok(n)) if n > 0
-    )
+/// One accepted connection and what it needs to serve it.
+struct Conn {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    limits: Arc<ConnLimits>,
+    stop: watch::Receiver<bool>,
+    peer: SocketAddr,
+}
+
+impl Conn {
+    async fn run<H, F>(self, stream: TcpStream, tls: Option<Arc<rustls::ServerConfig>>, handler: H)
+    where
+        H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = HandlerResult> + Send + 'static,
+    {
+        let first_request_by = Instant::now() + self.limits.header_read_timeout;
+        match tls {
+            None => self.http(stream, first_request_by, handler).await,
+            Some(config) => {
+                let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+                match tokio::time::timeout_at(first_request_by, accept).await {
+                    Ok(Ok(stream)) => self.http(stream, first_request_by, handler).await,
+                    Ok(Err(err)) => {
+                        tracing::debug!(error = %err, peer = %self.peer, "TLS handshake failed")
+                    }
+                    Err(_) => tracing::debug!(peer = %self.peer, "TLS handshake timed out"),
+                }
+            }
+        }
+    }
+
+    /// Serves HTTP on `io` until the peer leaves, a deadline passes or shutdown starts.
+    async fn http<I, H, F>(self, io: I, first_request_by: Instant, handler: H)
+    where
+        I: AsyncRead + AsyncWrite + Send + 'static,
+        H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = HandlerResult> + Send + 'static,
+    {
+        let mut io = TimeoutStream::new(io);
+        io.set_write_timeout(Some(self.limits.write_timeout));
+        let (open_tx, mut open) = watch::channel(Open::default());
+        let mut stop = self.stop.clone();
+        let peer = self.peer;
+        let service = service_fn(move |req| {
+            let request = OpenRequest::start(&open_tx);
+            let answer = handler(req, peer);
+            async move {
+                let answer = answer.await;
+                drop(request);
+                answer
+            }
+        });
+        let conn = self
+            .builder
+            .serve_connection(TokioIo::new(Box::pin(io)), service);
+        tokio::pin!(conn);
+        let result = loop {
+            let state = *open.borrow_and_update();
+            let idle_until = match state {
+                Open {
+                    requests: 0,
+                    seen: false,
+                } => Some(first_request_by),
+                Open {
+                    requests: 0,
+                    seen: true,
+                } => Some(Instant::now() + self.limits.idle_timeout),
+                _ => None,
+            };
+            let idle = async {
+                match idle_until {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                result = &mut conn => break result,
+                changed = open.changed() => if changed.is_err() { break conn.await },
+                () = idle => {
+                    if !state.seen {
+                        tracing::debug!(%peer, "no request headers in time: connection dropped");
+                        return;
+                    }
+                    conn.as_mut().graceful_shutdown();
+                    // A peer that neither reads nor leaves gets the write timeout, no more.
+                    let finish = tokio::time::timeout(self.limits.write_timeout, conn);
+                    break finish.await.unwrap_or(Ok(()));
+                }
+                () = async { drop(stop.wait_for(|stop| *stop).await) } => {
+                    conn.as_mut().graceful_shutdown();
+                    break conn.await;
+                }
+            }
+        };
+        if let Err(err) = result {
+            tracing::debug!(error = %err, %peer, "connection ended with an error");
+        }
+    }
+}
+
+/// Requests open on a connection, and whether it has had any.
+#[derive(Debug, Default, Clone, Copy)]
+struct Open {
+    requests: usize,
+    seen: bool,
+}
+
+/// One request being answered; the count goes down when it is dropped.
+struct OpenRequest(watch::Sender<Open>);
+
+impl OpenRequest {
+    fn start(open: &watch::Sender<Open>) -> OpenRequest {
+        open.send_modify(|o| {
+            o.requests += 1;
+            o.seen = true;
+        });
+        OpenRequest(open.clone())
+    }
+}
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        self.0
+            .send_modify(|o| o.requests = o.requests.saturating_sub(1));
+    }
 }
 
 /// The two listeners the gateway serves.
@@ -153,6 +324,7 @@ pub async fn run(listeners: Listeners, gateway: Arc<Gateway>, shutdown: impl Fut
     let api = serve(
         listeners.api,
         gateway.conn_limits.clone(),
+        gateway.api_tls.clone(),
         move |req, peer| {
             let gateway = api_gateway.clone();
             async move { Ok(pipeline::handle(&gateway, req, peer).await) }
@@ -163,6 +335,7 @@ pub async fn run(listeners: Listeners, gateway: Arc<Gateway>, shutdown: impl Fut
     let admin = serve(
         listeners.admin,
         gateway.conn_limits.clone(),
+        None,
         move |req, _peer| {
             let gateway = admin_gateway.clone();
             async move { Ok(admin::handle(&gateway, req).await) }
@@ -210,13 +383,21 @@ pub enum BodyError {
     /// The connection failed while the body was arriving.
     #[error("request body could not be read")]
     Read,
+    /// The body did not arrive completely in time.
+    #[error("request body not received within {0:?}")]
+    Timeout(Duration),
 }
 
-/// Reads a whole request body, refusing more than `limit` bytes.
-pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, BodyError> {
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<LengthLimitError>() => Err(BodyError::TooLarge(limit)),
-        Err(_) => Err(BodyError::Read),
+/// Reads a whole request body, refusing more than `limit` bytes or taking longer than `timeout`.
+pub async fn read_body(
+    body: Incoming,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, BodyError> {
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(err)) if err.is::<LengthLimitError>() => Err(BodyError::TooLarge(limit)),
+        Ok(Err(_)) => Err(BodyError::Read),
+        Err(_) => Err(BodyError::Timeout(timeout)),
     }
 }

@@ -47,6 +47,31 @@ pub const fn default_quota(endpoint: Endpoint) -> u32 {
     }
 }
 
+/// Whether the vendor accepts a request to `endpoint` with these headers' content type: its
+/// JSON endpoints refuse any other type (415 `web_application`), the token endpoint also a
+/// missing one. Other JSON endpoints take a body without a content type, as the vendor does.
+pub fn content_type_accepted(endpoint: Endpoint, headers: &http::HeaderMap) -> bool {
+    let takes_json = matches!(
+        endpoint,
+        Endpoint::Token
+            | Endpoint::PresenceSet
+            | Endpoint::PresenceSubscribe
+            | Endpoint::PresenceBatchGet
+            | Endpoint::PresenceUnsubscribe
+            | Endpoint::MessagesSend
+    );
+    if !takes_json {
+        return true;
+    }
+    match headers.get(http::header::CONTENT_TYPE) {
+        None => endpoint != Endpoint::Token,
+        Some(value) => value.to_str().is_ok_and(|v| {
+            let essence = v.split(';').next().unwrap_or("").trim();
+            essence.eq_ignore_ascii_case("application/json")
+        }),
+    }
+}
+
 /// Whether `s` has the shape of an Agora App ID or App Certificate (32 hex characters).
 pub fn is_agora_hex(s: &str) -> bool {
     s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit())

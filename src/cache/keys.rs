@@ -67,7 +67,7 @@ impl Kind {
         matches!(self, Kind::OfflineCount | Kind::Presence)
     }
 
-    const fn tag(self) -> u8 {
+    pub(super) const fn tag(self) -> u8 {
         self as u8
     }
 }
@@ -101,7 +101,7 @@ impl Hashes {
         }
     }
 
-    fn hash(&self, fields: &[&[u8]]) -> u128 {
+    pub(super) fn hash(&self, fields: &[&[u8]]) -> u128 {
         let one = |state: &RandomState| {
             let mut h = state.build_hasher();
             for field in fields {

@@ -34,6 +34,7 @@ use flights::Flights;
 use keys::Hashes;
 use store::Store;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -58,6 +59,8 @@ pub struct CachePolicy {
     pub stale_while_revalidate: Duration,
     /// Then served when the vendor fails.
     pub stale_if_error: Duration,
+    /// How long a read with such a stale entry at hand waits for the vendor before serving it.
+    pub stale_timeout: Duration,
     /// Most entries.
     pub max_entries: u64,
 }
@@ -148,6 +151,8 @@ pub struct Cache {
     seq: AtomicU64,
     flights: Flights,
     uri_bases: Mutex<Vec<Arc<str>>>,
+    /// Circuit breakers per app and kind, made on first use.
+    breakers: Mutex<HashMap<u128, Arc<Breaker>>>,
     /// Merges concurrent presence lookups into vendor batch calls.
     pub batcher: presence::Batcher,
     /// The other replicas, in cluster mode ([`Cache::connect`]).
@@ -189,6 +194,7 @@ impl Cache {
             hashes: Hashes::new(),
             flights: Flights::new(),
             uri_bases: Mutex::new(Vec::new()),
+            breakers: Mutex::new(HashMap::new()),
             batcher: presence::Batcher::new(settings.batch_window, settings.max_batch_users),
             sink: OnceLock::new(),
             settings,
@@ -265,26 +271,80 @@ impl Cache {
                 fallback = Some(entry);
             }
         }
-        let (shared, led) = self.fetch_shared(key, path, fetch).await;
-        let status = if led {
-            CacheStatus::Miss
-        } else {
-            CacheStatus::Coalesced
+        let Some(stale) = fallback else {
+            let (shared, led) = self.fetch_shared(key, path, fetch).await;
+            return shared.map(|response| Answer::Vendor(response, led_status(led)));
         };
-        match (shared, fallback) {
-            (Ok(response), Some(stale)) if vendor_failed(response.status) => {
+        self.stale_or_vendor(key, path, fetch(), stale, policy.stale_timeout)
+            .await
+    }
+
+    /// A read with a stale entry at hand ("stale beats slow"): the vendor's answer if it comes
+    /// within `stale_timeout` and is not a failure, else the stale entry at once while the call
+    /// goes on in the background for the cache. While the app's endpoint keeps failing (its
+    /// breaker is open), the stale entry is served without waiting and one probe call at a time
+    /// goes to the vendor.
+    async fn stale_or_vendor(
+        self: &Arc<Self>,
+        key: &Key<'_>,
+        path: &str,
+        fetch: Fetch,
+        stale: Arc<Entry>,
+        stale_timeout: Duration,
+    ) -> Result<Answer, Arc<GatewayError>> {
+        let breaker = self.breaker(key);
+        if breaker.is_open() {
+            if breaker.try_probe() {
+                drop(self.in_background(key, path, fetch, breaker));
+            }
+            return Ok(Answer::Cached(stale, CacheStatus::Stale));
+        }
+        let call = self.in_background(key, path, fetch, breaker.clone());
+        let shared = match tokio::time::timeout(stale_timeout, call).await {
+            Ok(Ok(shared)) => shared,
+            Ok(Err(_)) => return Ok(Answer::Cached(stale, CacheStatus::Stale)),
+            Err(_) => {
+                breaker.record(false);
+                return Ok(Answer::Cached(stale, CacheStatus::Stale));
+            }
+        };
+        match shared {
+            (Ok(response), _) if vendor_failed(response.status) => {
                 Ok(Answer::Cached(stale, CacheStatus::Stale))
             }
-            (Ok(response), _) => Ok(Answer::Vendor(response, status)),
-            (Err(err), Some(stale)) if err.is_vendor_failure() => {
+            (Ok(response), led) => Ok(Answer::Vendor(response, led_status(led))),
+            (Err(err), _) if err.is_vendor_failure() => {
                 Ok(Answer::Cached(stale, CacheStatus::Stale))
             }
             (Err(err), _) => Err(err),
         }
     }
 
+    /// The breaker of `key`'s app and kind.
+    fn breaker(&self, key: &Key<'_>) -> Arc<Breaker> {
+        let id = self
+            .hashes
+            .hash(&[&[key.kind.tag() | 0x40], key.app.as_bytes()]);
+        let mut breakers = self.breakers.lock().unwrap_or_else(|p| p.into_inner());
+        breakers.entry(id).or_default().clone()
+    }
+
     /// One background call refreshing `key` (its entry is being served stale meanwhile).
     fn revalidate(self: &Arc<Self>, key: &Key<'_>, path: &str, fetch: Fetch) {
+        let breaker = self.breaker(key);
+        drop(self.in_background(key, path, fetch, breaker));
+    }
+
+    /// Runs `fetch` for `key` (shared with concurrent reads) in a task of its own, so that it
+    /// completes and fills the cache even when no request waits for it any more; its outcome
+    /// goes to `breaker`.
+    fn in_background(
+        self: &Arc<Self>,
+        key: &Key<'_>,
+        path: &str,
+        fetch: Fetch,
+        breaker: Arc<Breaker>,
+    ) -> tokio::task::JoinHandle<(Shared, bool)> {
         let cache = self.clone();
         let (kind, app, user, extra) = (
             key.kind,
@@ -300,10 +360,17 @@ impl Cache {
                 user: &user,
                 extra: &extra,
             };
-            if let (Err(err), _) = cache.fetch_shared(&key, &path, move || fetch).await {
-                tracing::debug!(error = %err, "background revalidation failed");
-            }
-        });
+            let (shared, led) = cache.fetch_shared(&key, &path, move || fetch).await;
+            let failed = match &shared {
+                Ok(response) => vendor_failed(response.status),
+                Err(err) => {
+                    tracing::debug!(error = %err, "background vendor call failed");
+                    err.is_vendor_failure()
+                }
+            };
+            breaker.record(!failed);
+            (shared, led)
+        })
     }
 
     /// Joins (or starts) the call in flight for `key`; returns its result and whether this
@@ -461,6 +528,46 @@ impl Cache {
 
 const JSON: &str = "application/json";
 
+/// Consecutive failed or slow vendor calls after which a breaker opens.
+const BREAKER_TRIPS_AFTER: u32 = 3;
+
+/// A circuit breaker of one app's endpoint (like Envoy's outlier detection): open after
+/// [`BREAKER_TRIPS_AFTER`] consecutive failed or slow calls, closed by the next good answer.
+#[derive(Default)]
+struct Breaker {
+    failures: std::sync::atomic::AtomicU32,
+    probing: AtomicBool,
+}
+
+impl Breaker {
+    fn is_open(&self) -> bool {
+        self.failures.load(Ordering::Relaxed) >= BREAKER_TRIPS_AFTER
+    }
+
+    /// Whether the caller may send the one probe call (none is in flight).
+    fn try_probe(&self) -> bool {
+        !self.probing.swap(true, Ordering::AcqRel)
+    }
+
+    fn record(&self, ok: bool) {
+        if ok {
+            self.failures.store(0, Ordering::Relaxed);
+        } else {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        self.probing.store(false, Ordering::Release);
+    }
+}
+
+/// `MISS` for the request that made the vendor call, `COALESCED` for those that shared it.
+fn led_status(led: bool) -> CacheStatus {
+    if led {
+        CacheStatus::Miss
+    } else {
+        CacheStatus::Coalesced
+    }
+}
+
 /// The vendor failed (rather than answered): worth a stale answer instead.
 fn vendor_failed(status: StatusCode) -> bool {
     status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS
@@ -474,13 +581,13 @@ pub fn json_content_type() -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
 
     fn settings(max_entries: u64) -> CacheSettings {
         let policy = CachePolicy {
             ttl: Duration::from_secs(60),
             stale_while_revalidate: Duration::ZERO,
             stale_if_error: Duration::ZERO,
+            stale_timeout: Duration::from_millis(500),
             max_entries,
         };
         CacheSettings {

@@ -61,8 +61,26 @@ pub struct RawServer {
     pub max_body_bytes: usize,
     /// Concurrent connections per listener.
     pub max_connections: usize,
-    /// Time a request has to send its headers, in milliseconds.
+    /// Time a connection has from its accept to its first request's complete headers (TLS and
+    /// protocol sniffing included), and each later HTTP/1 request for its headers, in milliseconds.
     pub header_read_timeout_ms: u64,
+    /// A connection without an open request for this long is closed, in milliseconds.
+    pub idle_timeout_ms: u64,
+    /// Time a request body has to arrive completely (else 408), in milliseconds.
+    pub body_read_timeout_ms: u64,
+    /// A write to a client that makes no progress for this long ends its connection, in
+    /// milliseconds (also the HTTP/2 ping timeout).
+    pub write_timeout_ms: u64,
+    /// Most concurrent HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+    /// Largest request header block, in bytes.
+    pub max_header_bytes: usize,
+    /// PEM certificate chain of the API listener (with `tls_key`: HTTPS; re-read on reload).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<String>,
+    /// PEM private key of the API listener.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<String>,
     /// Time in-flight requests get to finish on shutdown, in milliseconds.
     pub drain_timeout_ms: u64,
     /// On SIGTERM, readiness fails at once but the listeners keep accepting for this long, so
@@ -78,6 +96,13 @@ impl Default for RawServer {
             max_body_bytes: 64 * 1024,
             max_connections: 10_000,
             header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            body_read_timeout_ms: 10_000,
+            write_timeout_ms: 10_000,
+            max_concurrent_streams: 256,
+            max_header_bytes: 32 * 1024,
+            tls_cert: None,
+            tls_key: None,
             drain_timeout_ms: 10_000,
             shutdown_delay_ms: 5_000,
         }
@@ -99,6 +124,9 @@ pub struct RawUpstream {
     /// Forward endpoints imgate does not know (`Other`) with the app token, for clients that
     /// name no `endpoints` of their own.
     pub forward_other: bool,
+    /// PEM file of extra root certificates trusted toward the vendor (besides webpki's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
 }
 
 impl Default for RawUpstream {
@@ -109,6 +137,7 @@ impl Default for RawUpstream {
             pool_idle_timeout_ms: 90_000,
             pool_max_idle_per_host: 256,
             forward_other: false,
+            ca_file: None,
         }
     }
 }
@@ -135,6 +164,9 @@ pub struct RawTokens {
     pub retry_initial_ms: u64,
     /// Longest retry delay, ms.
     pub retry_max_ms: u64,
+    /// Most admin rotations per app and minute (below `max_fetches_per_minute`, so that they
+    /// never use up the renewals needed after a vendor 401).
+    pub max_rotations_per_minute: u32,
 }
 
 impl Default for RawTokens {
@@ -146,6 +178,7 @@ impl Default for RawTokens {
             max_fetches_per_minute: policy.max_fetches_per_minute,
             retry_initial_ms: policy.retry_initial.as_millis() as u64,
             retry_max_ms: policy.retry_max.as_millis() as u64,
+            max_rotations_per_minute: policy.max_rotations_per_minute,
         }
     }
 }
@@ -284,6 +317,8 @@ pub struct RawCachePolicy {
     pub stale_while_revalidate_ms: u64,
     /// After that, serve the stale answer when the vendor fails (5xx, 429, timeout), ms.
     pub stale_if_error_ms: u64,
+    /// With such a stale answer at hand, wait this long for the vendor before serving it, ms.
+    pub stale_timeout_ms: u64,
     /// Most entries kept.
     pub max_entries: u64,
     /// offline_status only: how long `delivered` (final) is kept, ms.
@@ -303,6 +338,7 @@ impl Default for RawCachePolicy {
             ttl_ms: 2_000,
             stale_while_revalidate_ms: 1_000,
             stale_if_error_ms: 60_000,
+            stale_timeout_ms: 500,
             max_entries: 100_000,
             delivered_ttl_ms: None,
             batch_window_ms: None,

@@ -1,6 +1,7 @@
 //! The validated, typed configuration.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::Uri;
@@ -26,6 +27,8 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// Connection guards for both listeners.
     pub conn_limits: ConnLimits,
+    /// TLS of the API listener, when it serves HTTPS (read from `tls_cert` and `tls_key`).
+    pub api_tls: Option<Arc<rustls::ServerConfig>>,
     /// How long the listeners keep accepting after a shutdown signal.
     pub shutdown_delay: Duration,
     /// Log format.
@@ -71,6 +74,8 @@ pub struct UpstreamSettings {
     pub pool_max_idle_per_host: usize,
     /// Forward unknown endpoints.
     pub forward_other: bool,
+    /// TLS toward the vendor: the roots it trusts.
+    pub tls: Arc<rustls::ClientConfig>,
 }
 
 /// A validated app.

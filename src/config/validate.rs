@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::Uri;
@@ -66,6 +68,7 @@ impl RawConfig {
         let (listen, admin_listen) = listeners(s, &mut found);
         let max_body_bytes = found.positive("server.max_body_bytes", s.max_body_bytes as u64);
         let conn_limits = conn_limits(s, &mut found);
+        let api_tls = api_tls(s, &mut found);
         let upstream = self.upstream_settings(&mut found);
         let apps = self.apps(&mut found);
         let client_default = self
@@ -118,6 +121,7 @@ impl RawConfig {
                 admin_listen: admin_listen?,
                 max_body_bytes: max_body_bytes? as usize,
                 conn_limits: conn_limits?,
+                api_tls: api_tls?,
                 upstream: upstream?,
                 admin_key: admin_key?,
                 apps: apps?,
@@ -141,12 +145,17 @@ impl RawConfig {
             "upstream.pool_max_idle_per_host",
             u.pool_max_idle_per_host as u64,
         );
+        let tls = found.take(
+            crate::tls::client_config(u.ca_file.as_deref().map(Path::new))
+                .map_err(|e| bad("upstream.ca_file", e.to_string())),
+        );
         Some(UpstreamSettings {
             connect_timeout: Duration::from_millis(connect?),
             timeout: Duration::from_millis(timeout?),
             pool_idle_timeout: Duration::from_millis(idle?),
             pool_max_idle_per_host: max_idle? as usize,
             forward_other: u.forward_other,
+            tls: Arc::new(tls?),
         })
     }
 
@@ -293,15 +302,54 @@ fn listeners(s: &RawServer, found: &mut Findings) -> (Option<SocketAddr>, Option
 }
 
 fn conn_limits(s: &RawServer, found: &mut Findings) -> Option<ConnLimits> {
-    let header = found.positive("server.header_read_timeout_ms", s.header_read_timeout_ms);
+    let mut ms = |field: &str, value: u64| {
+        found
+            .positive(&format!("server.{field}"), value)
+            .map(Duration::from_millis)
+    };
+    let header = ms("header_read_timeout_ms", s.header_read_timeout_ms);
+    let idle = ms("idle_timeout_ms", s.idle_timeout_ms);
+    let body = ms("body_read_timeout_ms", s.body_read_timeout_ms);
+    let write = ms("write_timeout_ms", s.write_timeout_ms);
     let max_connections = found.positive("server.max_connections", s.max_connections as u64);
-    let header = Duration::from_millis(header?);
+    let streams = found.positive(
+        "server.max_concurrent_streams",
+        u64::from(s.max_concurrent_streams),
+    );
+    if !(1..=1 << 20).contains(&s.max_header_bytes) {
+        found.error(
+            "server.max_header_bytes",
+            format!("must be between 1 and 1048576, not {}", s.max_header_bytes),
+        );
+    }
     Some(ConnLimits {
-        first_byte_timeout: header,
-        header_read_timeout: header,
+        header_read_timeout: header?,
+        idle_timeout: idle?,
+        body_read_timeout: body?,
+        write_timeout: write?,
+        max_concurrent_streams: u32::try_from(streams?).ok()?,
+        max_header_bytes: s.max_header_bytes,
         max_connections: max_connections? as usize,
         drain_timeout: Duration::from_millis(s.drain_timeout_ms),
     })
+}
+
+/// The API listener's TLS configuration, read from `tls_cert` and `tls_key`; `Some(None)`
+/// without TLS.
+fn api_tls(s: &RawServer, found: &mut Findings) -> Option<Option<Arc<rustls::ServerConfig>>> {
+    match (&s.tls_cert, &s.tls_key) {
+        (None, None) => Some(None),
+        (Some(cert), Some(key)) => found
+            .take(
+                crate::tls::server_config(Path::new(cert), Path::new(key))
+                    .map_err(|e| bad("server.tls_cert", e.to_string())),
+            )
+            .map(|config| Some(Arc::new(config))),
+        _ => {
+            found.error("server.tls_cert", "tls_cert and tls_key go together");
+            None
+        }
+    }
 }
 
 fn token_policy(t: &RawTokens, found: &mut Findings) -> Option<TokenPolicy> {
@@ -331,6 +379,15 @@ fn token_policy(t: &RawTokens, found: &mut Findings) -> Option<TokenPolicy> {
             "must be greater than 0, not 0".into(),
         );
     }
+    if t.max_rotations_per_minute >= t.max_fetches_per_minute {
+        fail(
+            "tokens.max_rotations_per_minute",
+            format!(
+                "{} is not below max_fetches_per_minute ({}): renewals after a vendor 401 need the rest",
+                t.max_rotations_per_minute, t.max_fetches_per_minute
+            ),
+        );
+    }
     if t.retry_max_ms < t.retry_initial_ms {
         fail(
             "tokens.retry_max_ms",
@@ -346,6 +403,7 @@ fn token_policy(t: &RawTokens, found: &mut Findings) -> Option<TokenPolicy> {
         max_fetches_per_minute: t.max_fetches_per_minute,
         retry_initial: Duration::from_millis(t.retry_initial_ms),
         retry_max: Duration::from_millis(t.retry_max_ms),
+        max_rotations_per_minute: t.max_rotations_per_minute,
     })
 }
 
@@ -372,6 +430,7 @@ fn validate_cache(raw: &RawCache, found: &mut Findings) -> Option<CacheSettings>
             ttl: Duration::from_millis(p.ttl_ms),
             stale_while_revalidate: Duration::from_millis(p.stale_while_revalidate_ms),
             stale_if_error: Duration::from_millis(p.stale_if_error_ms),
+            stale_timeout: Duration::from_millis(p.stale_timeout_ms),
             max_entries: p.max_entries,
         })
     };

@@ -227,16 +227,8 @@ pub(super) fn issue_token(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<HttpResponse, VendorError> {
-    let is_json = headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.to_ascii_lowercase().starts_with("application/json"));
-    if !is_json {
-        return Err(VendorError::new(
-            415,
-            "web_application",
-            "Unsupported Media Type",
-        ));
+    if !vendor::content_type_accepted(Endpoint::Token, headers) {
+        return Err(unsupported_media_type());
     }
     let request = parse_json(body)?;
     let field = |name: &str| request.get(name).and_then(Value::as_str).unwrap_or("");
@@ -285,6 +277,11 @@ fn envelope(call: &Call<'_>, action: &str, data: Value) -> HttpResponse {
 
 fn result(value: Value) -> HttpResponse {
     json_response(200, Bytes::from(json!({ "result": value }).to_string()))
+}
+
+/// The vendor's answer to a JSON endpoint called with another content type.
+pub(super) fn unsupported_media_type() -> VendorError {
+    VendorError::new(415, "web_application", "Unsupported Media Type")
 }
 
 fn illegal(msg: &str) -> VendorError {

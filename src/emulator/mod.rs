@@ -127,11 +127,31 @@ impl Emulator {
         listener: TcpListener,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
+        self.serve(listener, None, shutdown).await;
+    }
+
+    /// Serves the emulator on `listener` over HTTPS (as the vendor does) until `shutdown`.
+    pub async fn run_tls(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: rustls::ServerConfig,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        let tls = Arc::new(arc_swap::ArcSwap::from_pointee(tls));
+        self.serve(listener, Some(tls), shutdown).await;
+    }
+
+    async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: Option<server::TlsConfig>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
         let handler = move |req, _peer: SocketAddr| {
             let emulator = self.clone();
             async move { emulator.handle(req).await }
         };
-        server::serve(listener, ConnLimits::default(), handler, shutdown).await;
+        server::serve(listener, ConnLimits::default(), tls, handler, shutdown).await;
     }
 
     /// Answers one request.
@@ -196,6 +216,9 @@ impl Emulator {
             return api::issue_token(app, &parts.headers, &body);
         }
         app.authenticate(parts)?;
+        if !vendor::content_type_accepted(route.endpoint, &parts.headers) {
+            return Err(api::unsupported_media_type());
+        }
         app.admit(route.endpoint)?;
         if !route.user.is_empty() {
             app.check_user(route.user)?;
@@ -416,16 +439,23 @@ impl App {
 }
 
 async fn read_body(body: Incoming) -> Result<Bytes, VendorError> {
-    server::read_body(body, MAX_BODY_BYTES)
-        .await
-        .map_err(|err| match err {
-            server::BodyError::TooLarge(_) => {
-                VendorError::new(413, "Request Entity Too Large", "Request Entity Too Large")
-            }
-            server::BodyError::Read => {
-                VendorError::new(400, "json_parse", "request body could not be read")
-            }
-        })
+    server::read_body(
+        body,
+        MAX_BODY_BYTES,
+        ConnLimits::default().body_read_timeout,
+    )
+    .await
+    .map_err(|err| match err {
+        server::BodyError::TooLarge(_) => {
+            VendorError::new(413, "Request Entity Too Large", "Request Entity Too Large")
+        }
+        server::BodyError::Read => {
+            VendorError::new(400, "json_parse", "request body could not be read")
+        }
+        server::BodyError::Timeout(_) => {
+            VendorError::new(408, "request_timeout", "request body not received in time")
+        }
+    })
 }
 
 fn bad_request(msg: String) -> HttpResponse {

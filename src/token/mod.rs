@@ -59,6 +59,8 @@ pub struct TokenPolicy {
     pub retry_initial: Duration,
     /// Longest wait between retries.
     pub retry_max: Duration,
+    /// Most admin rotations per app and minute (fewer than `max_fetches_per_minute`).
+    pub max_rotations_per_minute: u32,
 }
 
 impl Default for TokenPolicy {
@@ -69,6 +71,7 @@ impl Default for TokenPolicy {
             max_fetches_per_minute: 10,
             retry_initial: Duration::from_secs(1),
             retry_max: Duration::from_secs(60),
+            max_rotations_per_minute: 3,
         }
     }
 }
@@ -123,6 +126,14 @@ pub enum TokenError {
     /// The last renewal failed and the next attempt is not due yet.
     #[error("renewal failed recently; next attempt in {0:?}")]
     BackingOff(Duration),
+    /// Admin rotations of this app have used their budget for the minute.
+    #[error("admin rotations capped at {limit} per minute; next one in {retry_after:?}")]
+    RotationLimited {
+        /// The budget.
+        limit: u32,
+        /// When the next rotation is allowed.
+        retry_after: Duration,
+    },
 }
 
 /// A token as obtained: from the vendor, minted, or from the fleet's shared store.
@@ -177,6 +188,8 @@ impl AppToken {
 struct Renewals {
     /// Token-endpoint calls of the last minute.
     recent_fetches: VecDeque<Instant>,
+    /// Admin rotations of the last minute.
+    recent_rotations: VecDeque<Instant>,
     /// Consecutive failures.
     failures: u32,
     /// No attempt before this instant (backoff after a failure).
@@ -197,6 +210,8 @@ pub struct TokenSource {
     wake: Notify,
     /// The fleet's shared token, in cluster mode (Easemob apps only).
     shared: Option<TokenStore>,
+    /// Why the last renewal failed, until one succeeds (for readiness).
+    last_failure: std::sync::Mutex<Option<String>>,
 }
 
 impl TokenSource {
@@ -222,6 +237,7 @@ impl TokenSource {
             retired: AtomicBool::new(false),
             wake: Notify::new(),
             shared,
+            last_failure: std::sync::Mutex::new(None),
         })
     }
 
@@ -249,6 +265,19 @@ impl TokenSource {
             .load()
             .as_ref()
             .is_some_and(|t| t.is_valid(Instant::now()))
+    }
+
+    /// `Ok` while a valid token is held; else why not (the last renewal's failure).
+    pub fn readiness(&self) -> Result<(), String> {
+        if self.is_ready() {
+            return Ok(());
+        }
+        let failure = self
+            .last_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Err(failure.unwrap_or_else(|| "no app token obtained yet".to_owned()))
     }
 
     /// Time left until the current token expires: `None` when no token is held, zero when it
@@ -279,23 +308,44 @@ impl TokenSource {
     }
 
     /// A replacement for `rejected`, which the vendor answered 401 to. However many requests
-    /// saw the same token rejected, it is renewed once.
+    /// saw the same token rejected, it is renewed once. When no replacement can be had, the
+    /// rejected token is dropped (the app is not ready) and the background task keeps trying.
     pub async fn replace_rejected(
         &self,
         rejected: &Arc<AppToken>,
     ) -> Result<Arc<AppToken>, TokenError> {
         let mut renewals = self.renewals.lock().await;
-        if let Some(current) = self.current.load_full() {
-            if !Arc::ptr_eq(&current, rejected) && current.is_valid(Instant::now()) {
-                return Ok(current);
+        let current = self.current.load_full();
+        if let Some(current) = &current {
+            if !Arc::ptr_eq(current, rejected) && current.is_valid(Instant::now()) {
+                return Ok(current.clone());
             }
         }
-        self.renew(&mut renewals, rejected.generation, true).await
+        let renewed = self.renew(&mut renewals, rejected.generation, true).await;
+        if renewed.is_err() && current.is_some_and(|c| Arc::ptr_eq(&c, rejected)) {
+            self.current.store(None);
+            self.wake.notify_one();
+        }
+        renewed
     }
 
-    /// Obtains a new token now, whatever the state of the current one.
+    /// Obtains a new token now, whatever the state of the current one, within the app's budget
+    /// of admin rotations (which leaves the rest of the token endpoint's cap to renewals).
     pub async fn rotate(&self) -> Result<(), TokenError> {
         let mut renewals = self.renewals.lock().await;
+        let now = Instant::now();
+        forget_older_than_a_minute(&mut renewals.recent_rotations, now);
+        let limit = self.policy.max_rotations_per_minute;
+        if renewals.recent_rotations.len() >= limit as usize {
+            let retry_after = renewals
+                .recent_rotations
+                .front()
+                .map_or(Duration::ZERO, |t| {
+                    (*t + MINUTE).saturating_duration_since(now)
+                });
+            return Err(TokenError::RotationLimited { limit, retry_after });
+        }
+        renewals.recent_rotations.push_back(now);
         let held = self.generation();
         self.renew(&mut renewals, held, false).await.map(drop)
     }
@@ -398,20 +448,10 @@ impl TokenSource {
             return Err(TokenError::BackingOff(not_before - now));
         }
         if let Credentials::Easemob { .. } = self.credentials {
-            let minute_ago = now.checked_sub(Duration::from_secs(60));
-            while renewals
-                .recent_fetches
-                .front()
-                .is_some_and(|t| minute_ago.is_some_and(|m| *t <= m))
-            {
-                renewals.recent_fetches.pop_front();
-            }
+            forget_older_than_a_minute(&mut renewals.recent_fetches, now);
             if renewals.recent_fetches.len() >= self.policy.max_fetches_per_minute as usize {
                 // No attempt until the oldest call of the window leaves it.
-                renewals.not_before = renewals
-                    .recent_fetches
-                    .front()
-                    .map(|t| *t + Duration::from_secs(60));
+                renewals.not_before = renewals.recent_fetches.front().map(|t| *t + MINUTE);
                 self.metrics.error.inc();
                 return Err(TokenError::Capped(self.policy.max_fetches_per_minute));
             }
@@ -425,6 +465,7 @@ impl TokenSource {
             Ok(token) => {
                 renewals.failures = 0;
                 renewals.not_before = None;
+                *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 self.metrics.success.inc();
                 Ok(token)
             }
@@ -437,6 +478,8 @@ impl TokenSource {
                     .min(self.policy.retry_max);
                 renewals.not_before = Some(Instant::now() + backoff);
                 self.metrics.error.inc();
+                *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(err.to_string());
                 Err(err)
             }
         }
@@ -562,6 +605,19 @@ impl TokenSource {
     }
 }
 
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// Drops the instants of `window` that are a minute old or older (oldest first).
+fn forget_older_than_a_minute(window: &mut VecDeque<Instant>, now: Instant) {
+    let minute_ago = now.checked_sub(MINUTE);
+    while window
+        .front()
+        .is_some_and(|t| minute_ago.is_some_and(|m| *t <= m))
+    {
+        window.pop_front();
+    }
+}
+
 fn unix_seconds(at: Instant) -> f64 {
     let now_unix = vendor::now_millis() as f64 / 1000.0;
     let now = Instant::now();
@@ -584,6 +640,7 @@ mod tests {
             pool_idle_timeout: Duration::from_secs(1),
             pool_max_idle_per_host: 1,
             forward_other: true,
+            tls: Arc::new(crate::tls::client_config(None).unwrap()),
         }));
         let metrics = TokenMetrics {
             success: IntCounter::new("s", "s").unwrap(),

@@ -20,9 +20,12 @@ const MAX_RESPONSE_BYTES: usize = 8 << 20;
 /// Why a call to the vendor produced no response.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    /// TCP or TLS connection to the vendor failed.
+    /// TCP connection to the vendor failed.
     #[error("cannot connect to the vendor: {0}")]
     Connect(String),
+    /// The TLS handshake failed: the vendor's certificate is not trusted or not valid.
+    #[error("TLS toward the vendor failed: {0}")]
+    Tls(String),
     /// No complete response within `upstream.timeout_ms`.
     #[error("the vendor did not answer in time")]
     Timeout,
@@ -61,15 +64,16 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Builds the client: HTTPS via rustls with the webpki roots, plain HTTP for the emulator.
+    /// Builds the client: HTTPS via rustls with the configured roots, plain HTTP for the emulator.
     pub fn new(settings: &UpstreamSettings) -> Upstream {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(settings.connect_timeout));
         http.set_keepalive(Some(Duration::from_secs(60)));
+        // The scheme of each app's URL decides: an https:// vendor is never called over plain HTTP.
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
+            .with_tls_config((*settings.tls).clone())
             .https_or_http()
             .enable_http1()
             .enable_http2()
@@ -94,7 +98,9 @@ impl Upstream {
         let started = std::time::Instant::now();
         let call = async {
             let response = self.client.request(request).await.map_err(|err| {
-                if err.is_connect() {
+                if crate::tls::is_tls_failure(&err) {
+                    UpstreamError::Tls(error_chain(&err))
+                } else if err.is_connect() {
                     UpstreamError::Connect(error_chain(&err))
                 } else {
                     UpstreamError::Failed(error_chain(&err))
