@@ -72,8 +72,6 @@ for addr in "$EMU" "$GW" "$ADMIN" "$GW_LOG" "$ADMIN_LOG" "$NGINX" "$HAPROXY" "$C
     exit 1
   fi
 done
-echo
-echo "access log of the imgate+log runs: $(wc -l < "$work/access.log") lines, $(du -h "$work/access.log" | cut -f1)"
 
 cargo build --release --locked -q
 BIN=target/release/imgate
@@ -86,8 +84,6 @@ work=$(mktemp -d)
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-echo
-echo "access log of the imgate+log runs: $(wc -l < "$work/access.log") lines, $(du -h "$work/access.log" | cut -f1)"
   wait 2>/dev/null || true
   rm -rf "$work"
 }
@@ -101,8 +97,6 @@ wait_ok() {
     [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$@" "$url" 2>/dev/null)" = 200 ] && return 0
     sleep 0.1
   done
-echo
-echo "access log of the imgate+log runs: $(wc -l < "$work/access.log") lines, $(du -h "$work/access.log" | cut -f1)"
   echo "cache.sh: $url did not answer 200 within 10 s" >&2
   exit 1
 }
@@ -277,8 +271,6 @@ other_ticks() {
     set -- ${line##*) }
     [ "$3" = "$PGID" ] || echo "${f//[^0-9]/} $((${12} + ${13} + ${14} + ${15}))"
   done
-echo
-echo "access log of the imgate+log runs: $(wc -l < "$work/access.log") lines, $(du -h "$work/access.log" | cut -f1)"
 }
 other_cpu() {
   awk -v ticks="$TICKS" -v secs="$DURATION" -v cores="$CORES" '
@@ -336,18 +328,12 @@ summary() {
       fi
     fi
   done
-echo
-echo "access log of the imgate+log runs: $(wc -l < "$work/access.log") lines, $(du -h "$work/access.log" | cut -f1)"
   for name in imgate imgate+log nginx haproxy ceiling; do
     if ((${OTHER[$s.$name]%\%} > 10)); then
       note+=("WARNING: other processes used ${OTHER[$s.$name]} of the CPU during the $name run: its row is skewed")
     fi
   done
-echo
-echo "access log of the imgate+log runs: $(wc -l < "$work/access.log") lines, $(du -h "$work/access.log" | cut -f1)"
   for n in "${note[@]}"; do echo "$n"; done
-echo
-echo "access log of the imgate+log runs: $(wc -l < "$work/access.log") lines, $(du -h "$work/access.log" | cut -f1)"
 }
 
 echo
