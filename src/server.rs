@@ -19,6 +19,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -219,11 +220,12 @@ impl Conn {
     {
         let mut io = TimeoutStream::new(io);
         io.set_write_timeout(Some(self.limits.write_timeout));
-        let (open_tx, mut open) = watch::channel(Open::default());
+        let activity = Arc::new(Activity::new());
+        let requests = activity.clone();
         let mut stop = self.stop.clone();
         let peer = self.peer;
         let service = service_fn(move |req| {
-            let request = OpenRequest::start(&open_tx);
+            let request = OpenRequest::start(&requests);
             let answer = handler(req, peer);
             async move {
                 let answer = answer.await;
@@ -235,32 +237,26 @@ impl Conn {
             .builder
             .serve_connection(TokioIo::new(Box::pin(io)), service);
         tokio::pin!(conn);
+        // One timer per connection, re-armed when it fires: requests only touch `activity`, so
+        // a request costs no wake-up of this task and no timer of its own.
+        let idle_timeout = self.limits.idle_timeout;
+        let deadline =
+            tokio::time::sleep_until(first_request_by.min(Instant::now() + idle_timeout));
+        tokio::pin!(deadline);
         let result = loop {
-            let state = *open.borrow_and_update();
-            let idle_until = match state {
-                Open {
-                    requests: 0,
-                    seen: false,
-                } => Some(first_request_by),
-                Open {
-                    requests: 0,
-                    seen: true,
-                } => Some(Instant::now() + self.limits.idle_timeout),
-                _ => None,
-            };
-            let idle = async {
-                match idle_until {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 result = &mut conn => break result,
-                changed = open.changed() => if changed.is_err() { break conn.await },
-                () = idle => {
-                    if !state.seen {
-                        tracing::debug!(%peer, "no request headers in time: connection dropped");
-                        return;
+                () = &mut deadline => {
+                    match activity.idle_deadline(first_request_by, idle_timeout) {
+                        Idle::NeverAsked => {
+                            tracing::debug!(%peer, "no request headers in time: connection dropped");
+                            return;
+                        }
+                        Idle::Until(at) if at > Instant::now() => {
+                            deadline.as_mut().reset(at);
+                            continue;
+                        }
+                        Idle::Until(_) => {}
                     }
                     conn.as_mut().graceful_shutdown();
                     // A peer that neither reads nor leaves gets the write timeout, no more.
@@ -279,30 +275,69 @@ impl Conn {
     }
 }
 
-/// Requests open on a connection, and whether it has had any.
-#[derive(Debug, Default, Clone, Copy)]
-struct Open {
-    requests: usize,
-    seen: bool,
+/// Requests open on a connection, whether it has had any, and when the last one ended.
+struct Activity {
+    since: std::time::Instant,
+    open: AtomicUsize,
+    seen: AtomicBool,
+    /// Milliseconds from `since` to the end of the last request.
+    last_end_ms: AtomicU64,
 }
 
-/// One request being answered; the count goes down when it is dropped.
-struct OpenRequest(watch::Sender<Open>);
+/// When an idle connection may be closed.
+enum Idle {
+    /// It never sent a request (its first-request deadline has passed).
+    NeverAsked,
+    /// Not before this instant.
+    Until(Instant),
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            since: std::time::Instant::now(),
+            open: AtomicUsize::new(0),
+            seen: AtomicBool::new(false),
+            last_end_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// When the connection may be closed for idleness, as of now (before its first request:
+    /// at `first_request_by`, looked at again every `idle_timeout` meanwhile).
+    fn idle_deadline(&self, first_request_by: Instant, idle_timeout: Duration) -> Idle {
+        let now = Instant::now();
+        if !self.seen.load(Ordering::Acquire) {
+            if now >= first_request_by {
+                return Idle::NeverAsked;
+            }
+            return Idle::Until(first_request_by.min(now + idle_timeout));
+        }
+        if self.open.load(Ordering::Acquire) > 0 {
+            return Idle::Until(now + idle_timeout);
+        }
+        let ended = Duration::from_millis(self.last_end_ms.load(Ordering::Acquire));
+        let idle_for = self.since.elapsed().saturating_sub(ended);
+        Idle::Until(now + idle_timeout.saturating_sub(idle_for))
+    }
+}
+
+/// One request being answered; the count goes down, and the idle clock starts, when it is
+/// dropped.
+struct OpenRequest(Arc<Activity>);
 
 impl OpenRequest {
-    fn start(open: &watch::Sender<Open>) -> OpenRequest {
-        open.send_modify(|o| {
-            o.requests += 1;
-            o.seen = true;
-        });
-        OpenRequest(open.clone())
+    fn start(activity: &Arc<Activity>) -> OpenRequest {
+        activity.open.fetch_add(1, Ordering::AcqRel);
+        activity.seen.store(true, Ordering::Release);
+        OpenRequest(activity.clone())
     }
 }
 
 impl Drop for OpenRequest {
     fn drop(&mut self) {
-        self.0
-            .send_modify(|o| o.requests = o.requests.saturating_sub(1));
+        let ended = u64::try_from(self.0.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.0.last_end_ms.store(ended, Ordering::Release);
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -394,6 +429,10 @@ pub async fn read_body(
     limit: usize,
     timeout: Duration,
 ) -> Result<Bytes, BodyError> {
+    // Most reads have no body: no deadline (a timer) to arm for them.
+    if hyper::body::Body::is_end_stream(&body) {
+        return Ok(Bytes::new());
+    }
     match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(err)) if err.is::<LengthLimitError>() => Err(BodyError::TooLarge(limit)),
