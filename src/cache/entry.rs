@@ -83,6 +83,11 @@ impl Entry {
         self.stored_at.elapsed() < Duration::from_millis(u64::from(self.alive_ms))
     }
 
+    /// When the entry stops being servable.
+    pub(super) fn alive_until(&self) -> Instant {
+        self.stored_at + Duration::from_millis(u64::from(self.alive_ms))
+    }
+
     /// The body bytes; `path`, `suffix` and `user` are the request's canonical ones (for a
     /// rendered count).
     pub fn body_bytes(&self, path: &str, suffix: &str, user: &str) -> Bytes {

@@ -162,12 +162,7 @@ pub struct Cache {
 impl Cache {
     /// An empty cache with these policies.
     pub fn new(settings: CacheSettings) -> Cache {
-        let lifetime = |p: &CachePolicy| p.ttl + p.stale_while_revalidate.max(p.stale_if_error);
-        let store = |p: &CachePolicy| Store::new(p.max_entries, lifetime(p));
-        let statuses = CachePolicy {
-            ttl: settings.offline_status.ttl.max(settings.delivered_ttl),
-            ..settings.offline_status
-        };
+        let store = |p: &CachePolicy| Store::new(p.max_entries);
         let longest = [
             &settings.offline_count,
             &settings.offline_status,
@@ -181,7 +176,7 @@ impl Cache {
         Cache {
             stores: [
                 store(&settings.offline_count),
-                store(&statuses),
+                store(&settings.offline_status),
                 store(&settings.sublist),
                 store(&settings.presence),
             ],

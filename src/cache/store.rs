@@ -5,15 +5,19 @@
 //! in 256 MiB. So entries are grouped by their key's low bits into buckets of about eight, and
 //! moka holds the buckets: it still bounds the size, expires what is idle and evicts by
 //! frequency, while its per-entry cost is shared. Each bucket weighs as many entries as it
-//! holds, so moka's bound is `max_entries` itself, not a number of buckets. A bucket is
-//! replaced whole on every change, through moka's per-key serialised `and_compute_with`, so
-//! that no concurrent change is lost.
+//! holds, so moka's bound is `max_entries` itself, not a number of buckets. A bucket expires
+//! when its longest-lived entry dies, not after a fixed lifetime: a bucket of entries that
+//! nobody rewrites (statuses of messages never asked for again) would otherwise keep dead
+//! entries for the longest lifetime any entry may have (an hour for delivered statuses). A
+//! bucket is replaced whole on every change, through moka's per-key serialised
+//! `and_compute_with`, so that no concurrent change is lost.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use moka::future::Cache as Moka;
 use moka::ops::compute::Op;
+use moka::Expiry;
 
 use super::Entry;
 
@@ -25,6 +29,32 @@ const MAX_PER_BUCKET: u64 = 64;
 /// A bucket: its entries and their full keys, replaced whole on every change.
 type Bucket = Arc<[(u128, Arc<Entry>)]>;
 
+/// Expires a bucket when the last of its entries stops being servable.
+struct UntilLastEntryDies;
+
+impl UntilLastEntryDies {
+    fn remaining(bucket: &Bucket, now: Instant) -> Option<Duration> {
+        let last = bucket.iter().map(|(_, e)| e.alive_until()).max()?;
+        Some(last.saturating_duration_since(now))
+    }
+}
+
+impl Expiry<u64, Bucket> for UntilLastEntryDies {
+    fn expire_after_create(&self, _: &u64, bucket: &Bucket, now: Instant) -> Option<Duration> {
+        Self::remaining(bucket, now)
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &u64,
+        bucket: &Bucket,
+        now: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Self::remaining(bucket, now)
+    }
+}
+
 /// A bounded store of entries by 128-bit key.
 pub struct Store {
     buckets: Moka<u64, Bucket>,
@@ -34,14 +64,14 @@ pub struct Store {
 }
 
 impl Store {
-    /// A store of at most `max_entries` entries, none older than `lifetime` unless rewritten.
-    pub fn new(max_entries: u64, lifetime: Duration) -> Store {
+    /// A store of at most `max_entries` entries, each kept while it is alive.
+    pub fn new(max_entries: u64) -> Store {
         let buckets = (max_entries / PER_BUCKET).max(1).next_power_of_two();
         Store {
             buckets: Moka::builder()
                 .max_capacity(max_entries)
                 .weigher(|_, bucket: &Bucket| u32::try_from(bucket.len()).unwrap_or(u32::MAX))
-                .time_to_live(lifetime)
+                .expire_after(UntilLastEntryDies)
                 .build(),
             mask: buckets - 1,
             per_bucket: max_entries.clamp(1, MAX_PER_BUCKET) as usize,
@@ -153,5 +183,43 @@ impl Store {
             .iter()
             .map(|(_, bucket)| bucket.iter().filter(|(_, e)| e.is_alive()).count() as u64)
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::entry::Body;
+    use crate::cache::CachePolicy;
+
+    fn entry(ttl_ms: u64) -> Arc<Entry> {
+        let policy = CachePolicy {
+            ttl: Duration::from_millis(ttl_ms),
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+            stale_timeout: Duration::ZERO,
+            max_entries: 1000,
+        };
+        let ttl = policy.ttl;
+        Arc::new(Entry::new(ttl, &policy, 1, true, 0, Body::Json(Default::default())))
+    }
+
+    #[tokio::test]
+    async fn a_bucket_leaves_when_its_last_entry_dies_not_after_the_longest_lifetime() {
+        let store = Store::new(1000);
+        for key in 0..200u128 {
+            store.insert(key, entry(50)).await;
+        }
+        // One long-lived entry keeps its own bucket, and only that one.
+        store.insert(1000, entry(60_000)).await;
+        store.buckets.run_pending_tasks().await;
+        let before = store.buckets.entry_count();
+        // moka's expiry timers tick at about one second.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        store.buckets.run_pending_tasks().await;
+        assert!(before > 1, "{before} buckets before expiry");
+        assert_eq!(store.buckets.entry_count(), 1);
+        assert!(store.get(1000).await.is_some());
+        assert_eq!(store.len().await, 1);
     }
 }
