@@ -201,7 +201,14 @@ mod tests {
             max_entries: 1000,
         };
         let ttl = policy.ttl;
-        Arc::new(Entry::new(ttl, &policy, 1, true, 0, Body::Json(Default::default())))
+        Arc::new(Entry::new(
+            ttl,
+            &policy,
+            1,
+            true,
+            0,
+            Body::Json(Default::default()),
+        ))
     }
 
     #[tokio::test]
