@@ -106,8 +106,12 @@ wait_ok "http://$EMU/__emulator/stats"
 TOKEN=$("$BIN" token agora --app-id "$AGORA_ID" --app-certificate "$AGORA_CERT" --expire 3600)
 
 # --- imgate: the demo configuration, pointed at the quota-free emulator.
+# The demo client has no quota; operators give every client one, so the benchmark client gets
+# a quota far above the offered load: every hit takes a permit, none is refused.
 sed -e "s|http://127.0.0.1:8081|http://$EMU|" -e "s|127.0.0.1:8080|$GW|" -e "s|127.0.0.1:9090|$ADMIN|" \
+  -e 's|^key = "demo-key"$|&\nrate_limit = { per_second = 10000000, burst = 10000000 }|' \
   config/demo.toml > "$work/gateway.toml"
+grep -q 'per_second = 10000000' "$work/gateway.toml" || { echo "cache.sh: no quota for the bench client" >&2; exit 1; }
 cat >> "$work/gateway.toml" <<'EOF'
 
 # The TTL outlives every run, so that the hit runs see no expiry (as nginx's and HAProxy's).
@@ -310,7 +314,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else
 
 summary() {
   local s=$1 name calls note=()
-  printf 'req/s  imgate/nginx %sx (target >= 1.5)   imgate/haproxy %sx (target >= 1.0)   imgate/ceiling %sx (target >= 0.70)\n' \
+  printf 'req/s  imgate/nginx %sx (target >= 1.5)   imgate/haproxy %sx (target >= 1.0)   imgate/ceiling %sx (target >= 0.85)\n' \
     "$(ratio "${RPS[$s.imgate]}" "${RPS[$s.nginx]}")" "$(ratio "${RPS[$s.imgate]}" "${RPS[$s.haproxy]}")" \
     "$(ratio "${RPS[$s.imgate]}" "${RPS[$s.ceiling]}")"
   printf 'p99    imgate/nginx %sx   imgate/haproxy %sx (target <= 1.0)\n' \
