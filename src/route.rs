@@ -177,6 +177,10 @@ pub struct Path<'a> {
     segments: [Cow<'a, str>; KEPT],
     kept: usize,
     total: usize,
+    /// Every segment is plain (nothing to decode, nothing to encode): `raw` is canonical.
+    plain: bool,
+    /// Where the segments after the app prefix start in `raw` (its length when there are none).
+    suffix_at: usize,
 }
 
 impl<'a> Path<'a> {
@@ -189,16 +193,45 @@ impl<'a> Path<'a> {
             segments: std::array::from_fn(|_| Cow::Borrowed("")),
             kept: 0,
             total: 0,
+            plain: true,
+            suffix_at: raw.len(),
         };
-        for segment in raw_segments(raw) {
-            let decoded = decode_segment(segment)?;
-            if path.kept < KEPT {
-                path.segments[path.kept] = decoded;
-                path.kept += 1;
+        let Some(rest) = raw.strip_prefix('/') else {
+            return Ok(path);
+        };
+        // One pass over the bytes: split at `/`, and note whether a segment has anything to
+        // decode (the common case has not, and is borrowed as it is).
+        let (mut start, mut plain) = (0, true);
+        for (i, &b) in rest.as_bytes().iter().enumerate() {
+            if b != b'/' {
+                plain &= PLAIN[usize::from(b)];
+                continue;
             }
-            path.total += 1;
+            path.push(&rest[start..i], plain)?;
+            if path.total == 2 {
+                path.suffix_at = i + 1;
+            }
+            (start, plain) = (i + 1, true);
         }
+        path.push(&rest[start..], plain)?;
         Ok(path)
+    }
+
+    /// Adds the next raw segment, decoded unless `plain`.
+    fn push(&mut self, segment: &'a str, plain: bool) -> Result<(), PathError> {
+        let decoded = if plain {
+            check_dots(segment)?;
+            Cow::Borrowed(segment)
+        } else {
+            self.plain = false;
+            decode_segment(segment)?
+        };
+        if self.kept < KEPT {
+            self.segments[self.kept] = decoded;
+            self.kept += 1;
+        }
+        self.total += 1;
+        Ok(())
     }
 
     /// Classifies the path for `method`. `None` when it has no app prefix.
@@ -228,6 +261,9 @@ impl<'a> Path<'a> {
     /// vendor's `path` field; empty when there are none. Borrowed from the request's path
     /// when that is canonical already.
     pub fn suffix(&self) -> Cow<'a, str> {
+        if self.plain {
+            return Cow::Borrowed(&self.raw[self.suffix_at..]);
+        }
         let raw = suffix(self.raw);
         let canonical = raw
             .split('/')
@@ -255,25 +291,36 @@ pub fn suffix(path: &str) -> &str {
         .map_or("", |(i, _)| &path[i..])
 }
 
+/// The punctuation of RFC 3986's `pchar` (unreserved and sub-delims, `:` and `@`).
+const PCHAR_PUNCTUATION: &[u8] = b"-._~!$&'()*+,;=:@";
+
 /// Bytes a path segment carries percent-encoded: all but RFC 3986's `pchar`s.
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~')
-    .remove(b'!')
-    .remove(b'$')
-    .remove(b'&')
-    .remove(b'\'')
-    .remove(b'(')
-    .remove(b')')
-    .remove(b'*')
-    .remove(b'+')
-    .remove(b',')
-    .remove(b';')
-    .remove(b'=')
-    .remove(b':')
-    .remove(b'@');
+const SEGMENT: &AsciiSet = &{
+    let mut set = NON_ALPHANUMERIC.union(AsciiSet::EMPTY);
+    let mut i = 0;
+    while i < PCHAR_PUNCTUATION.len() {
+        set = set.remove(PCHAR_PUNCTUATION[i]);
+        i += 1;
+    }
+    set
+};
+
+/// `PLAIN[b]`: byte `b` stands for itself in a canonical segment (the complement of
+/// [`SEGMENT`], as a table: the common case is checked in one pass without decoding).
+const PLAIN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 128 {
+        table[b] = (b as u8).is_ascii_alphanumeric();
+        b += 1;
+    }
+    let mut i = 0;
+    while i < PCHAR_PUNCTUATION.len() {
+        table[PCHAR_PUNCTUATION[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
 
 /// One decoded segment, percent-encoded for a path (the inverse of the decoding in
 /// [`Path::parse`]).
@@ -281,8 +328,11 @@ pub fn encode_segment(segment: &str) -> impl std::fmt::Display + '_ {
     utf8_percent_encode(segment, SEGMENT)
 }
 
-fn raw_segments(raw: &str) -> impl Iterator<Item = &str> {
-    raw.strip_prefix('/').into_iter().flat_map(|p| p.split('/'))
+fn check_dots(decoded: &str) -> Result<(), PathError> {
+    if decoded == "." || decoded == ".." {
+        return Err(PathError::DotSegment);
+    }
+    Ok(())
 }
 
 fn decode_segment(segment: &str) -> Result<Cow<'_, str>, PathError> {
@@ -296,9 +346,7 @@ fn decode_segment(segment: &str) -> Result<Cow<'_, str>, PathError> {
     let decoded = percent_decode_str(segment)
         .decode_utf8()
         .map_err(|_| PathError::Malformed)?;
-    if decoded == "." || decoded == ".." {
-        return Err(PathError::DotSegment);
-    }
+    check_dots(&decoded)?;
     if decoded.contains(['/', '\\']) {
         return Err(PathError::EncodedSlash);
     }
@@ -373,6 +421,18 @@ mod tests {
 
     fn endpoint(method: Method, path: &str) -> Endpoint {
         endpoint_of(&method, path).expect("has a prefix")
+    }
+
+    #[test]
+    fn plain_bytes_are_exactly_those_left_unencoded() {
+        for b in 0..=255u8 {
+            let encoded = percent_encoding::percent_encode(&[b], SEGMENT).to_string();
+            assert_eq!(
+                PLAIN[usize::from(b)],
+                encoded.as_bytes() == [b],
+                "byte {b:#04x}"
+            );
+        }
     }
 
     #[test]
@@ -570,6 +630,22 @@ mod tests {
                     prop_assert!(part != "." && part != "..");
                     prop_assert!(!part.contains(['/', '\\']));
                 }
+            }
+        }
+
+        #[test]
+        fn the_one_pass_split_agrees_with_splitting_at_every_slash(
+            raw in prop_oneof![hostile_path(), any::<String>()],
+        ) {
+            let Ok(path) = Path::parse(&raw) else { return Ok(()) };
+            let Some(rest) = raw.strip_prefix('/') else { return Ok(()) };
+            let split: Vec<&str> = rest.split('/').collect();
+            prop_assert_eq!(path.total, split.len());
+            for (kept, raw_segment) in path.segments[..path.kept].iter().zip(&split) {
+                prop_assert_eq!(kept, &percent_decode_str(raw_segment).decode_utf8().unwrap());
+            }
+            if path.plain {
+                prop_assert_eq!(path.suffix(), suffix(&raw));
             }
         }
 
