@@ -12,9 +12,10 @@
 //! token then works on every replica and after every restart with the same configuration.
 
 use std::collections::HashMap;
+use std::hash::Hasher;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -23,12 +24,13 @@ use hmac::{Hmac, Mac};
 use http::header::{HeaderMap, AUTHORIZATION};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
+use siphasher::sip128::{Hasher128, SipHasher13};
 use subtle::ConstantTimeEq;
 
 use crate::cluster::quota::LeasedLimit;
 use crate::cluster::Cluster;
 use crate::config::ClientSettings;
-use crate::limit::{LocalLimit, Permits};
+use crate::limit::{LimitPolicy, LocalLimit, Permits};
 use crate::route::{Endpoint, EndpointSet};
 use crate::token::Credentials;
 
@@ -40,10 +42,14 @@ pub struct Client {
     /// Its name (metrics and logs; never its key).
     pub name: String,
     key_sha256: [u8; 32],
+    /// The keyed hash ([`Clients::fingerprint`]) of its key, once a request has shown it.
+    key_seen: OnceLock<[u8; 16]>,
     /// The app indices it may use; `None` for all.
     allowed: Option<Vec<usize>>,
     /// Its quota on imgate; `None` for unlimited.
     pub limit: Option<Permits>,
+    /// Its quota as a `RateLimit-Policy` header value, made once.
+    pub limit_header: Option<http::HeaderValue>,
     /// The endpoints it may call.
     endpoints: EndpointSet,
 }
@@ -78,6 +84,18 @@ impl Client {
 pub struct Clients {
     list: Vec<Client>,
     by_name: HashMap<String, usize>,
+    /// The secret of the keyed hash that recognises keys already verified.
+    fingerprint_keys: FingerprintKeys,
+}
+
+/// Two random 64-bit SipHash keys, made once per set of clients and never shown.
+#[derive(Debug)]
+struct FingerprintKeys(u64, u64);
+
+impl Default for FingerprintKeys {
+    fn default() -> Self {
+        FingerprintKeys(rand::random(), rand::random())
+    }
 }
 
 impl Clients {
@@ -97,11 +115,13 @@ impl Clients {
             clients.list.push(Client {
                 name: c.name.clone(),
                 key_sha256: c.key_sha256,
+                key_seen: OnceLock::new(),
                 allowed,
                 limit: c.rate_limit.map(|policy| match cluster {
                     Some(cluster) => Permits::Leased(LeasedLimit::new(cluster, &c.name, policy)),
                     None => Permits::Local(LocalLimit::new(policy)),
                 }),
+                limit_header: c.rate_limit.map(LimitPolicy::header_value),
                 endpoints: c.endpoints,
             });
             clients.by_name.insert(c.name.clone(), i);
@@ -123,16 +143,41 @@ impl Clients {
         }
     }
 
-    /// The client with this key (compared in constant time against every client).
+    /// The client with this key (compared in constant time against every client). A key
+    /// verified once is recognised by its keyed 128-bit hash (SipHash-1-3 under this set of
+    /// clients' secret keys) instead of a SHA-256 per request: a forged match would need the
+    /// secret, and a wrong key still pays the SHA-256 every time.
     pub fn by_key(&self, key: &str) -> Option<&Client> {
+        let fingerprint = self.fingerprint(key);
+        let seen = self
+            .list
+            .iter()
+            .fold(None, |found, c| match c.key_seen.get() {
+                Some(seen) if bool::from(seen.ct_eq(&fingerprint)) => Some(c),
+                _ => found,
+            });
+        if seen.is_some() {
+            return seen;
+        }
         let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-        self.list.iter().fold(None, |found, c| {
+        let found = self.list.iter().fold(None, |found, c| {
             if digests_equal(&c.key_sha256, &digest) {
                 Some(c)
             } else {
                 found
             }
-        })
+        })?;
+        // Only the client's own key gets here, so the cell never holds another fingerprint.
+        let _ = found.key_seen.set(fingerprint);
+        Some(found)
+    }
+
+    /// The keyed hash that recognises a key already verified.
+    fn fingerprint(&self, key: &str) -> [u8; 16] {
+        let FingerprintKeys(k0, k1) = self.fingerprint_keys;
+        let mut hasher = SipHasher13::new_with_keys(k0, k1);
+        hasher.write(key.as_bytes());
+        hasher.finish128().as_bytes()
     }
 
     /// The client named `name`.
@@ -415,6 +460,20 @@ mod tests {
         let c = clients();
         assert_eq!(authenticate(&c, "Bearer key-all").unwrap().name, "all");
         assert_eq!(authenticate(&c, "bearer  key-one ").unwrap().name, "one");
+    }
+
+    #[test]
+    fn a_key_seen_before_is_recognised_again_and_no_other_key_with_it() {
+        let c = clients();
+        for _ in 0..3 {
+            assert_eq!(c.by_key("key-all").unwrap().name, "all");
+            assert_eq!(c.by_key("key-one").unwrap().name, "one");
+            assert!(c.by_key("key-al").is_none());
+            assert!(c.by_key("key-all ").is_none());
+        }
+        let all = c.by_name("all").unwrap();
+        assert_eq!(all.key_seen.get(), Some(&c.fingerprint("key-all")));
+        assert_ne!(c.fingerprint("key-all"), clients().fingerprint("key-all"));
     }
 
     #[test]

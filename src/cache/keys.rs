@@ -6,8 +6,9 @@
 //! `b%6Fb` and `bob` are one entry, a message to `bob` invalidates it, and a reload that points
 //! a name at another vendor app cannot serve the old app's entries as the new one's.
 
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
+use std::hash::Hasher;
+
+use siphasher::sip128::{Hasher128, SipHasher13};
 
 use crate::route::Endpoint;
 
@@ -85,33 +86,30 @@ pub struct Key<'a> {
     pub extra: &'a str,
 }
 
-/// Cache key hashes: two independently keyed SipHash-1-3 hashes of the same fields, so a
-/// lookup allocates nothing and a collision is as likely as guessing the process's keys.
+/// Cache key hashes: SipHash-1-3 with a 128-bit output under the process's random keys, so a
+/// lookup allocates nothing and a collision is as likely as guessing those keys.
 #[derive(Clone)]
 pub(super) struct Hashes {
-    a: RandomState,
-    b: RandomState,
+    k0: u64,
+    k1: u64,
 }
 
 impl Hashes {
     pub(super) fn new() -> Hashes {
         Hashes {
-            a: RandomState::new(),
-            b: RandomState::new(),
+            k0: rand::random(),
+            k1: rand::random(),
         }
     }
 
     pub(super) fn hash(&self, fields: &[&[u8]]) -> u128 {
-        let one = |state: &RandomState| {
-            let mut h = state.build_hasher();
-            for field in fields {
-                // Length-prefixed, so ("ab","c") and ("a","bc") differ.
-                h.write_usize(field.len());
-                h.write(field);
-            }
-            h.finish()
-        };
-        (u128::from(one(&self.a)) << 64) | u128::from(one(&self.b))
+        let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
+        for field in fields {
+            // Length-prefixed, so ("ab","c") and ("a","bc") differ.
+            h.write_usize(field.len());
+            h.write(field);
+        }
+        h.finish128().as_u128()
     }
 
     /// The entry key of a read.
