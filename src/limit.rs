@@ -32,6 +32,13 @@ pub struct LimitPolicy {
 }
 
 impl LimitPolicy {
+    /// The IETF `RateLimit-Policy` value of a client's quota
+    /// (draft-ietf-httpapi-ratelimit-headers), made once per client.
+    pub fn header_value(self) -> http::HeaderValue {
+        let value = format!("\"client\";q={};w=1;burst={}", self.per_second, self.burst);
+        http::HeaderValue::try_from(value).unwrap_or(http::HeaderValue::from_static("\"client\""))
+    }
+
     /// The strictest bucket that keeps every one-second window within `quota` calls.
     pub fn within_each_second(quota: u32) -> LimitPolicy {
         let burst = (quota / 5).max(1);

@@ -39,7 +39,7 @@ use crate::cache::{json_content_type, Answer, CacheStatus, Fetch, Key, Kind};
 use crate::error::GatewayError;
 use crate::forward::{VendorCall, X_REQUEST_ID};
 use crate::gateway::{App, Gateway, Snapshot};
-use crate::limit::{retry_after_secs, LimitPolicy, Permit};
+use crate::limit::{retry_after_secs, Permit};
 use crate::metrics::Scope;
 use crate::route::{self, Endpoint, Route};
 use crate::server::{self, BodyError, HttpResponse};
@@ -62,8 +62,9 @@ struct Trace<'g> {
     cache: Option<CacheStatus>,
     vendor_status: Option<u16>,
     vendor_seconds: f64,
-    /// The client's quota and what is left of it, for the `RateLimit` headers.
-    rate: Option<(LimitPolicy, u32, u64)>,
+    /// The client's `RateLimit-Policy` value, what is left of its quota and seconds until a
+    /// permit frees, for the `RateLimit` headers.
+    rate: Option<(&'g HeaderValue, u32, u64)>,
     /// Whether a request body may still be arriving (unread): an HTTP/1 connection is then
     /// closed after the answer rather than kept for a body nobody will read.
     body_pending: bool,
@@ -89,7 +90,7 @@ pub async fn handle(
 ) -> HttpResponse {
     let started = Instant::now();
     let request_id = request_id(req.headers());
-    let trace_context = TraceContext::from_headers(req.headers());
+    let trace_context = TraceContext::from_headers(req.headers(), request_id.as_bytes());
     let method = req.method().clone();
     let version = req.version();
     let snapshot = gateway.snapshot();
@@ -188,7 +189,7 @@ async fn process<'s>(
             parts: &parts,
             source,
         };
-        return token.issue(body, trace).await;
+        return Box::pin(token.issue(body, trace)).await;
     }
 
     // 2. authenticate, before an unknown app is refused: an unauthenticated caller learns
@@ -213,12 +214,12 @@ async fn process<'s>(
     }
 
     // 3. limit (client)
-    if let Some(limit) = &client.limit {
+    if let (Some(limit), Some(header)) = (&client.limit, &client.limit_header) {
         let policy = limit.policy();
         match limit.try_acquire().await {
-            Permit::Granted { remaining } => trace.rate = Some((policy, remaining, 0)),
+            Permit::Granted { remaining } => trace.rate = Some((header, remaining, 0)),
             Permit::Denied { retry_after } => {
-                trace.rate = Some((policy, 0, retry_after_secs(retry_after)));
+                trace.rate = Some((header, 0, retry_after_secs(retry_after)));
                 gateway.metrics.rate_limited(Scope::Client);
                 return Err(GatewayError::RateLimited {
                     per_second: policy.per_second,
@@ -227,7 +228,13 @@ async fn process<'s>(
             }
         }
     }
-    let body = read_request_body(gateway, snapshot, body, trace).await?;
+    // Boxed, like every branch off the cache-hit path, so that the request's future (which
+    // hyper moves around) stays small.
+    let body = if trace.body_pending {
+        Box::pin(read_request_body(gateway, snapshot, body, trace)).await?
+    } else {
+        Bytes::new()
+    };
     let call = Call {
         gateway,
         app,
@@ -243,7 +250,7 @@ async fn process<'s>(
     }
     if route.endpoint == Endpoint::PresenceBatchGet {
         if let Some(users) = presence::parse_request(&body, vendor::MAX_USERNAMES) {
-            return call.presence_read(&users, trace).await;
+            return Box::pin(call.presence_read(&users, trace)).await;
         }
     }
 
@@ -254,10 +261,10 @@ async fn process<'s>(
     trace.vendor_seconds = response.elapsed.as_secs_f64();
 
     // 7. effects
-    gateway
+    let effects = gateway
         .cache
-        .after_write(&app.key, &route, &body, &response, seq)
-        .await;
+        .after_write(&app.key, &route, &body, &response, seq);
+    Box::pin(effects).await;
 
     // 8. respond
     Ok(respond(&response))
@@ -533,11 +540,16 @@ fn shared_response(vendor: &VendorResponse, cache: CacheStatus) -> HttpResponse 
     response
 }
 
+/// Headers a cached answer ends with (its own, the request id, the two `RateLimit` ones): the
+/// map is made that large at once rather than grown.
+const CACHED_RESPONSE_HEADERS: usize = 6;
+
 /// A 200 JSON answer from the cache.
 fn cached_response(body: Bytes, status: CacheStatus, age: Duration) -> HttpResponse {
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = StatusCode::OK;
     let headers = response.headers_mut();
+    headers.reserve(CACHED_RESPONSE_HEADERS);
     headers.insert(CONTENT_TYPE, json_content_type());
     headers.insert(X_CACHE.clone(), HeaderValue::from_static(status.header()));
     headers.insert(AGE.clone(), age_value(age));
@@ -546,21 +558,23 @@ fn cached_response(body: Bytes, status: CacheStatus, age: Duration) -> HttpRespo
 
 /// The IETF `RateLimit-Policy` and `RateLimit` headers (draft-ietf-httpapi-ratelimit-headers):
 /// the client's quota per second, what is left of its burst, and seconds until a permit frees.
-fn rate_limit_headers(headers: &mut HeaderMap, policy: LimitPolicy, remaining: u32, reset: u64) {
-    let values = [
-        (
-            &RATELIMIT_POLICY,
-            format!(
-                "\"client\";q={};w=1;burst={}",
-                policy.per_second, policy.burst
-            ),
-        ),
-        (&RATELIMIT, format!("\"client\";r={remaining};t={reset}")),
-    ];
-    for (name, value) in values {
-        if let Ok(value) = HeaderValue::try_from(value) {
-            headers.insert(name.clone(), value);
-        }
+/// Written with `itoa` into a stack buffer: no formatting machinery per request.
+fn rate_limit_headers(headers: &mut HeaderMap, policy: &HeaderValue, remaining: u32, reset: u64) {
+    headers.insert(RATELIMIT_POLICY.clone(), policy.clone());
+    let (mut r, mut t) = (itoa::Buffer::new(), itoa::Buffer::new());
+    let mut value = [0u8; 64];
+    let mut len = 0;
+    for part in [
+        b"\"client\";r=".as_slice(),
+        r.format(remaining).as_bytes(),
+        b";t=",
+        t.format(reset).as_bytes(),
+    ] {
+        value[len..len + part.len()].copy_from_slice(part);
+        len += part.len();
+    }
+    if let Ok(value) = HeaderValue::from_bytes(&value[..len]) {
+        headers.insert(RATELIMIT.clone(), value);
     }
 }
 

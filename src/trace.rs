@@ -2,7 +2,11 @@
 //! call as a new span, or a new trace starts; its id goes into the access log. `tracestate` is
 //! forwarded untouched with the caller's other headers.
 
+use std::cell::RefCell;
+
 use http::header::{HeaderMap, HeaderName, HeaderValue};
+use rand::rngs::SmallRng;
+use rand::{RngCore, SeedableRng};
 
 /// The `traceparent` header.
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -15,13 +19,18 @@ pub struct TraceContext {
 }
 
 impl TraceContext {
-    /// The caller's trace when its `traceparent` is valid (version 00), else a new one.
-    pub fn from_headers(headers: &HeaderMap) -> TraceContext {
+    /// The caller's trace when its `traceparent` is valid (version 00), else a new one whose
+    /// id is the request's id when that is a valid trace id (imgate's own request ids are), so
+    /// that the two correlate and no second random id is made per request.
+    pub fn from_headers(headers: &HeaderMap, request_id: &[u8]) -> TraceContext {
         headers
             .get(&TRACEPARENT)
             .and_then(|v| parse(v.as_bytes()))
             .unwrap_or_else(|| TraceContext {
-                trace_id: random_hex(),
+                trace_id: <[u8; 32]>::try_from(request_id)
+                    .ok()
+                    .filter(|id| is_trace_id(id))
+                    .unwrap_or_else(random_hex),
                 flags: *b"00",
             })
     }
@@ -52,12 +61,7 @@ fn parse(value: &[u8]) -> Option<TraceContext> {
         return None;
     }
     let (trace, parent, flags) = (&rest[..32], &rest[33..49], &rest[50..]);
-    let hex = |s: &[u8]| {
-        s.iter()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
-    };
-    let zero = |s: &[u8]| s.iter().all(|b| *b == b'0');
-    if !hex(trace) || !hex(parent) || !hex(flags) || zero(trace) || zero(parent) {
+    if !is_trace_id(trace) || !is_trace_id(parent) || !is_lower_hex(flags) {
         return None;
     }
     Some(TraceContext {
@@ -67,7 +71,9 @@ fn parse(value: &[u8]) -> Option<TraceContext> {
 }
 
 /// `N` random lower-case hex digits (never all zero: the spec forbids it). Also imgate's
-/// request ids and the emulator's ids: the one random-id helper.
+/// request ids and the emulator's ids: the one random-id helper. Ids must be unique, not
+/// secret, so they come from a fast per-thread generator seeded from the OS (one per request
+/// would otherwise cost a ChaCha block).
 pub fn random_hex<const N: usize>() -> [u8; N] {
     const {
         assert!(
@@ -75,15 +81,30 @@ pub fn random_hex<const N: usize>() -> [u8; N] {
             "an even number of digits, at most 64"
         )
     };
+    thread_local! {
+        static IDS: RefCell<SmallRng> = RefCell::new(SmallRng::from_entropy());
+    }
     loop {
         let mut out = [0u8; N];
-        let random: [u8; 32] = rand::random();
+        let mut random = [0u8; 32];
+        IDS.with_borrow_mut(|rng| rng.fill_bytes(&mut random[..N / 2]));
         if hex::encode_to_slice(&random[..N / 2], &mut out).is_ok()
             && out.iter().any(|d| *d != b'0')
         {
             return out;
         }
     }
+}
+
+/// Lower-case hex digits only.
+fn is_lower_hex(s: &[u8]) -> bool {
+    s.iter()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+}
+
+/// A valid trace or parent id: lower-case hex, not all zero.
+fn is_trace_id(s: &[u8]) -> bool {
+    is_lower_hex(s) && s.iter().any(|b| *b != b'0')
 }
 
 #[cfg(test)]
@@ -99,7 +120,8 @@ mod tests {
     #[test]
     fn a_valid_traceparent_continues_with_a_new_span() {
         let incoming = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
-        let ctx = TraceContext::from_headers(&headers(incoming));
+        let ctx =
+            TraceContext::from_headers(&headers(incoming), b"ffffffffffffffffffffffffffffffff");
         assert_eq!(ctx.trace_id(), "0af7651916cd43dd8448eb211c80319c");
         let child = ctx.child();
         let child = child.to_str().unwrap();
@@ -119,11 +141,24 @@ mod tests {
             "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
             "garbage",
         ] {
-            let ctx = TraceContext::from_headers(&headers(bad));
+            let ctx = TraceContext::from_headers(&headers(bad), b"caller-chosen-id");
             assert!(!bad.contains(ctx.trace_id()), "{bad}");
             assert_eq!(ctx.trace_id().len(), 32);
+            assert!(is_trace_id(ctx.trace_id().as_bytes()));
         }
-        let fresh = TraceContext::from_headers(&HeaderMap::new()).child();
+        let fresh = TraceContext::from_headers(&HeaderMap::new(), b"short").child();
         assert!(parse(fresh.as_bytes()).is_some());
+    }
+
+    #[test]
+    fn a_new_trace_takes_the_request_id_when_it_is_a_valid_trace_id() {
+        let id = random_hex::<32>();
+        let ctx = TraceContext::from_headers(&HeaderMap::new(), &id);
+        assert_eq!(ctx.trace_id().as_bytes(), id);
+        for unusable in [[b'0'; 32], [b'A'; 32]] {
+            let ctx = TraceContext::from_headers(&HeaderMap::new(), &unusable);
+            assert_ne!(ctx.trace_id().as_bytes(), unusable);
+            assert!(is_trace_id(ctx.trace_id().as_bytes()));
+        }
     }
 }

@@ -146,21 +146,32 @@ fn render_count(
     timestamp: u64,
     duration: u64,
 ) -> Vec<u8> {
-    let mut numbers = itoa::Buffer::new();
-    let mut out = Vec::with_capacity(160 + uri_base.len() + path.len() + suffix.len() + user.len());
-    out.extend_from_slice(br#"{"action":"get","uri":""#);
-    out.extend_from_slice(uri_base.as_bytes());
-    out.extend_from_slice(path.as_bytes());
-    out.extend_from_slice(br#"","path":""#);
-    out.extend_from_slice(suffix.as_bytes());
-    out.extend_from_slice(br#"","entities":[],"data":{""#);
-    out.extend_from_slice(user.as_bytes());
-    out.extend_from_slice(br#"":"#);
-    out.extend_from_slice(numbers.format(count).as_bytes());
-    out.extend_from_slice(br#"},"timestamp":"#);
-    out.extend_from_slice(numbers.format(timestamp).as_bytes());
-    out.extend_from_slice(br#","duration":"#);
-    out.extend_from_slice(numbers.format(duration).as_bytes());
-    out.extend_from_slice(br#","count":0}"#);
+    let (mut c, mut t, mut d) = (
+        itoa::Buffer::new(),
+        itoa::Buffer::new(),
+        itoa::Buffer::new(),
+    );
+    let parts: [&[u8]; 14] = [
+        br#"{"action":"get","uri":""#,
+        uri_base.as_bytes(),
+        path.as_bytes(),
+        br#"","path":""#,
+        suffix.as_bytes(),
+        br#"","entities":[],"data":{""#,
+        user.as_bytes(),
+        br#"":"#,
+        c.format(count).as_bytes(),
+        br#"},"timestamp":"#,
+        t.format(timestamp).as_bytes(),
+        br#","duration":"#,
+        d.format(duration).as_bytes(),
+        br#","count":0}"#,
+    ];
+    // Exactly sized: a `Vec` whose length is its capacity becomes `Bytes` without another
+    // allocation.
+    let mut out = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for part in parts {
+        out.extend_from_slice(part);
+    }
     out
 }

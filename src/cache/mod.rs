@@ -266,12 +266,12 @@ impl Cache {
                 fallback = Some(entry);
             }
         }
+        // The vendor paths are boxed: the hit path's future stays small.
         let Some(stale) = fallback else {
-            let (shared, led) = self.fetch_shared(key, path, fetch).await;
+            let (shared, led) = Box::pin(self.fetch_shared(key, path, fetch)).await;
             return shared.map(|response| Answer::Vendor(response, led_status(led)));
         };
-        self.stale_or_vendor(key, path, fetch(), stale, policy.stale_timeout)
-            .await
+        Box::pin(self.stale_or_vendor(key, path, fetch(), stale, policy.stale_timeout)).await
     }
 
     /// A read with a stale entry at hand ("stale beats slow"): the vendor's answer if it comes
