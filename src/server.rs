@@ -5,10 +5,13 @@
 //! guards hyper lacks on its own (docs/architecture.md, "The listeners"):
 //! - a connection has `header_read_timeout` from its accept to its first request's complete
 //!   headers: the TLS handshake and the HTTP/1-or-2 sniffing are inside it, so a peer that sends
-//!   one byte and stops is dropped; later HTTP/1 requests get the same time through hyper;
+//!   one byte and stops is dropped; an HTTP/1 connection gets the same time again from the end
+//!   of each answer to its next request's headers;
 //! - a connection with no request open for `idle_timeout` is shut down gracefully (HTTP/1
 //!   keep-alive and HTTP/2 alike; HTTP/2 also pings an open connection and drops it when a ping
 //!   is not answered in `write_timeout`);
+//! - these deadlines are one timer per connection, re-armed when it fires, that requests never
+//!   touch (hyper's own HTTP/1 header timer would cost a timer per request);
 //! - a write that makes no progress for `write_timeout` (a peer that stopped reading) fails and
 //!   ends the connection;
 //! - HTTP/2 concurrent streams and header lists are capped; so is the HTTP/1 header buffer;
@@ -99,8 +102,8 @@ impl ConnLimits {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.header_read_timeout)
+            // Enforced per connection instead (see the module notes); hyper's default is 30 s.
+            .header_read_timeout(None)
             .max_buf_size(self.max_header_bytes.max(MIN_HTTP1_BUFFER))
             .keep_alive(true);
         builder
@@ -224,8 +227,8 @@ impl Conn {
         let requests = activity.clone();
         let mut stop = self.stop.clone();
         let peer = self.peer;
-        let service = service_fn(move |req| {
-            let request = OpenRequest::start(&requests);
+        let service = service_fn(move |req: Request<Incoming>| {
+            let request = OpenRequest::start(&requests, req.version());
             let answer = handler(req, peer);
             async move {
                 let answer = answer.await;
@@ -240,6 +243,7 @@ impl Conn {
         // One timer per connection, re-armed when it fires: requests only touch `activity`, so
         // a request costs no wake-up of this task and no timer of its own.
         let idle_timeout = self.limits.idle_timeout;
+        let next_request_timeout = self.limits.header_read_timeout;
         let deadline =
             tokio::time::sleep_until(first_request_by.min(Instant::now() + idle_timeout));
         tokio::pin!(deadline);
@@ -247,7 +251,7 @@ impl Conn {
             tokio::select! {
                 result = &mut conn => break result,
                 () = &mut deadline => {
-                    match activity.idle_deadline(first_request_by, idle_timeout) {
+                    match activity.idle_deadline(first_request_by, idle_timeout, next_request_timeout) {
                         Idle::NeverAsked => {
                             tracing::debug!(%peer, "no request headers in time: connection dropped");
                             return;
@@ -280,6 +284,8 @@ struct Activity {
     since: std::time::Instant,
     open: AtomicUsize,
     seen: AtomicBool,
+    /// Whether its requests are HTTP/2 (streams: no per-request header deadline).
+    http2: AtomicBool,
     /// Milliseconds from `since` to the end of the last request.
     last_end_ms: AtomicU64,
 }
@@ -298,13 +304,21 @@ impl Activity {
             since: std::time::Instant::now(),
             open: AtomicUsize::new(0),
             seen: AtomicBool::new(false),
+            http2: AtomicBool::new(false),
             last_end_ms: AtomicU64::new(0),
         }
     }
 
     /// When the connection may be closed for idleness, as of now (before its first request:
-    /// at `first_request_by`, looked at again every `idle_timeout` meanwhile).
-    fn idle_deadline(&self, first_request_by: Instant, idle_timeout: Duration) -> Idle {
+    /// at `first_request_by`, looked at again every `idle_timeout` meanwhile; between HTTP/1
+    /// requests: `next_request_timeout` after the last answer, if sooner than `idle_timeout`,
+    /// since the next request's headers, begun or not, must arrive in it).
+    fn idle_deadline(
+        &self,
+        first_request_by: Instant,
+        idle_timeout: Duration,
+        next_request_timeout: Duration,
+    ) -> Idle {
         let now = Instant::now();
         if !self.seen.load(Ordering::Acquire) {
             if now >= first_request_by {
@@ -312,12 +326,18 @@ impl Activity {
             }
             return Idle::Until(first_request_by.min(now + idle_timeout));
         }
+        let allowed = if self.http2.load(Ordering::Relaxed) {
+            idle_timeout
+        } else {
+            idle_timeout.min(next_request_timeout)
+        };
         if self.open.load(Ordering::Acquire) > 0 {
-            return Idle::Until(now + idle_timeout);
+            // Looked at again `allowed` after the request ends at the latest.
+            return Idle::Until(now + allowed);
         }
         let ended = Duration::from_millis(self.last_end_ms.load(Ordering::Acquire));
         let idle_for = self.since.elapsed().saturating_sub(ended);
-        Idle::Until(now + idle_timeout.saturating_sub(idle_for))
+        Idle::Until(now + allowed.saturating_sub(idle_for))
     }
 }
 
@@ -326,9 +346,12 @@ impl Activity {
 struct OpenRequest(Arc<Activity>);
 
 impl OpenRequest {
-    fn start(activity: &Arc<Activity>) -> OpenRequest {
+    fn start(activity: &Arc<Activity>, version: http::Version) -> OpenRequest {
         activity.open.fetch_add(1, Ordering::AcqRel);
         activity.seen.store(true, Ordering::Release);
+        if version == http::Version::HTTP_2 {
+            activity.http2.store(true, Ordering::Relaxed);
+        }
         OpenRequest(activity.clone())
     }
 }

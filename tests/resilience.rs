@@ -172,6 +172,68 @@ async fn idle_keep_alive_and_h2_connections_are_closed_after_the_idle_timeout() 
 }
 
 #[tokio::test]
+async fn the_next_http1_request_gets_the_header_read_timeout_and_h2_keeps_the_idle_timeout() {
+    let emu = TestEmulator::demo().await;
+    let mut raw = demo_config(&emu.base());
+    raw.server.header_read_timeout_ms = 1000;
+    raw.server.idle_timeout_ms = 30_000;
+    let gw = TestGateway::start(raw).await;
+    let url = format!("{}/users/alice/offline_msg_count", gw.agora());
+
+    // HTTP/1: one answered request, then the start of a second one that never completes.
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: imgate\r\nAuthorization: {}\r\n\r\n",
+        path_of(&url),
+        DEMO_AUTH.1
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&answer).contains("\"count\":0}") {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert!(n > 0, "closed before answering");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+    let answered = Instant::now();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: i")
+        .await
+        .unwrap();
+    let closed = closed_at(stream, Duration::from_secs(5))
+        .await
+        .expect("a half-sent second request is cut off");
+    let after = closed - answered;
+    assert!(
+        after >= Duration::from_millis(900) && after < Duration::from_millis(2500),
+        "closed {after:?} after the first answer"
+    );
+
+    // HTTP/2: no request open is idleness, and idle_timeout (30 s) applies, not 1 s.
+    let io = TokioIo::new(TcpStream::connect(gw.addr).await.unwrap());
+    let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let request = Request::get(path_of(&url))
+        .header("host", "imgate")
+        .header("authorization", DEMO_AUTH.1)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(send.send_request(request).await.unwrap().status(), 200);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        !conn.is_finished(),
+        "h2 connection closed while idle under 30 s"
+    );
+    assert!(send.ready().await.is_ok());
+}
+
+#[tokio::test]
 async fn a_keyless_request_is_refused_on_its_headers_and_its_pending_body_never_read() {
     let emu = TestEmulator::demo().await;
     let mut raw = demo_config(&emu.base());
