@@ -367,6 +367,113 @@ async fn stale_reads_beat_a_hanging_vendor_and_uncached_reads_time_out() {
     }
 }
 
+async fn batch_get(base: &str, caller: &str, users: &[&str]) -> Resp {
+    let url = format!("{base}/users/{caller}/presence");
+    let headers = [DEMO_AUTH, ("content-type", "application/json")];
+    let body = json!({ "usernames": users }).to_string();
+    http(Method::POST, &url, &headers, Some(&body)).await
+}
+
+/// The `uid`s a batch get answered, in order.
+fn uids(resp: &Resp) -> Vec<String> {
+    let result = resp.json()["result"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    result
+        .iter()
+        .map(|entry| entry["uid"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn stale_presence_beats_a_hanging_vendor_for_each_caller_and_its_breaker_sends_one_probe() {
+    let emu = TestEmulator::demo().await;
+    let mut raw = demo_config(&emu.base());
+    raw.upstream.timeout_ms = 1500;
+    let policy = &mut raw.cache.presence;
+    policy.ttl_ms = 100;
+    policy.stale_while_revalidate_ms = 0;
+    policy.stale_if_error_ms = 60_000;
+    policy.stale_timeout_ms = 500;
+    let gw = TestGateway::start(raw).await;
+    let base = gw.agora();
+    // Two callers, each with its own users.
+    let (alice_users, erin_users) = (["bob", "carol"], ["dave"]);
+    let alice_first = batch_get(&base, "alice", &alice_users).await;
+    let erin_first = batch_get(&base, "erin", &erin_users).await;
+    for (first, users) in [
+        (&alice_first, &alice_users[..]),
+        (&erin_first, &erin_users[..]),
+    ] {
+        assert_eq!(first.status, 200, "{}", first.text());
+        assert_eq!(first.header("x-cache"), Some("MISS"));
+        assert_eq!(uids(first), users);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    put_faults(&emu, json!({"latency_ms": 4000})).await;
+
+    // Both callers at once: their lookups may merge into one vendor call, but each answer has
+    // only the caller's own users, from the stale entries.
+    let started = Instant::now();
+    let (alice, erin) = tokio::join!(
+        batch_get(&base, "alice", &alice_users),
+        batch_get(&base, "erin", &erin_users)
+    );
+    let together = started.elapsed();
+    for (resp, first) in [(&alice, &alice_first), (&erin, &erin_first)] {
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        assert_eq!(resp.header("x-cache"), Some("STALE"));
+        assert_eq!(resp.body, first.body, "the stale answer is the cached one");
+    }
+    let mut took = vec![together];
+    for _ in 0..5 {
+        let started = Instant::now();
+        let resp = batch_get(&base, "alice", &alice_users).await;
+        took.push(started.elapsed());
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        assert_eq!(resp.header("x-cache"), Some("STALE"));
+        assert_eq!(resp.body, alice_first.body);
+    }
+    println!("stale presence batch gets with a hanging vendor took {took:?}");
+    assert!(
+        took.iter().all(|t| *t <= Duration::from_millis(600)),
+        "{took:?}"
+    );
+    // The breaker has opened: stale answers come at once, and one probe at a time goes out.
+    assert!(
+        took[3..].iter().all(|t| *t < Duration::from_millis(100)),
+        "{took:?}"
+    );
+    let calls = emu.requests("presence_batch_get").await;
+    for _ in 0..10 {
+        let resp = batch_get(&base, "alice", &alice_users).await;
+        assert_eq!(resp.header("x-cache"), Some("STALE"));
+    }
+    let probes = emu.requests("presence_batch_get").await - calls;
+    assert!(
+        probes <= 1,
+        "{probes} vendor calls for 10 reads with the breaker open"
+    );
+
+    // The vendor recovers: a probe closes the breaker and answers are fresh again.
+    put_faults(&emu, json!({})).await;
+    let deadline = Instant::now() + Duration::from_secs(8);
+    loop {
+        let resp = batch_get(&base, "alice", &alice_users).await;
+        if resp.header("x-cache") != Some("STALE") {
+            assert_eq!(resp.status, 200, "{}", resp.text());
+            assert_eq!(uids(&resp), alice_users);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still stale 8 s after the vendor recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn readyz(gw: &TestGateway) -> Resp {
     http(
         Method::GET,
