@@ -541,6 +541,60 @@ async fn readyz_is_503_naming_the_app_while_its_token_is_revoked_and_200_once_it
     assert_eq!(resp.status, 200, "{}", resp.text());
 }
 
+async fn set_agora_certificate(emu: &TestEmulator, certificate: &str) {
+    let change = json!({"app_id": demo::AGORA_APP_ID, "app_certificate": certificate});
+    let url = format!("{}/__emulator/credentials", emu.base());
+    let resp = http(Method::PUT, &url, &[], Some(&change.to_string())).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+}
+
+#[tokio::test]
+async fn readyz_is_503_naming_an_agora_app_whose_renewed_token_is_refused_and_200_once_taken() {
+    let emu = TestEmulator::demo().await;
+    let mut raw = demo_config(&emu.base());
+    raw.tokens.retry_initial_ms = 100;
+    raw.tokens.retry_max_ms = 200;
+    let gw = TestGateway::start(raw).await;
+    wait_for_readyz(&gw, 200, Duration::from_secs(2)).await;
+    let alice = format!("{}/users/alice/offline_msg_count", gw.agora());
+    assert_eq!(count(&alice).await.status, 200);
+
+    // The certificate changed in the vendor's console: imgate's re-signed token is refused too.
+    set_agora_certificate(&emu, "00112233445566778899aabbccddeeff").await;
+    // An uncached read (alice's count is cached now).
+    let bob = format!("{}/users/bob/offline_msg_count", gw.agora());
+    count(&bob)
+        .await
+        .assert_error(502, "imgate_upstream_unauthorized");
+    let degraded = readyz(&gw).await;
+    assert_eq!(degraded.status, 503, "{}", degraded.text());
+    let body = degraded.json();
+    assert_eq!(
+        body["apps"],
+        json!({"agora-demo": "degraded", "easemob-demo": "ok"})
+    );
+    let reason = body["reasons"]["agora-demo"].as_str().unwrap();
+    assert!(reason.contains("401"), "{reason}");
+    assert!(body["reasons"].get("easemob-demo").is_none(), "{body}");
+    // It stays degraded while the vendor keeps refusing (the probes see 401 too).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(readyz(&gw).await.status, 503);
+
+    // Restored: imgate finds out by itself, without any API call.
+    let probes_before = emu.requests("offline_msg_count").await;
+    set_agora_certificate(&emu, demo::AGORA_APP_CERTIFICATE).await;
+    let started = Instant::now();
+    let ready = wait_for_readyz(&gw, 200, Duration::from_secs(3)).await;
+    println!(
+        "ready again {:?} after the certificate was restored",
+        started.elapsed()
+    );
+    assert_eq!(ready.json()["status"], "ready");
+    assert!(emu.requests("offline_msg_count").await > probes_before);
+    let resp = count(&bob).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+}
+
 #[tokio::test]
 async fn admin_rotations_have_their_own_budget_and_leave_renewals_for_a_revocation() {
     let emu = TestEmulator::demo().await;
