@@ -247,24 +247,44 @@ async fn a_dribbled_body_is_cut_off_at_the_body_read_timeout() {
 }
 
 #[tokio::test]
-async fn other_content_types_on_json_endpoints_get_415_without_a_vendor_call() {
+async fn other_or_missing_content_types_on_json_bodies_get_415_without_a_vendor_call() {
     let emu = TestEmulator::demo().await;
     let gw = TestGateway::demo(&emu).await;
     let cases = [
-        ("/users/alice/presence", r#"{"usernames":["bob"]}"#),
-        ("/users/alice/presence/web_1/1", r#"{"ext":"x"}"#),
-        ("/users/alice/presence/60", r#"{"usernames":["bob"]}"#),
         (
+            Method::POST,
+            "/users/alice/presence",
+            r#"{"usernames":["bob"]}"#,
+        ),
+        (
+            Method::POST,
+            "/users/alice/presence/web_1/1",
+            r#"{"ext":"x"}"#,
+        ),
+        (
+            Method::POST,
+            "/users/alice/presence/60",
+            r#"{"usernames":["bob"]}"#,
+        ),
+        (Method::DELETE, "/users/alice/presence", r#"["bob"]"#),
+        (
+            Method::POST,
             "/messages/users",
             r#"{"from":"alice","to":["bob"],"type":"txt","body":{"msg":"hi"}}"#,
         ),
     ];
     for base in [gw.agora(), gw.easemob()] {
-        for (suffix, body) in cases {
-            for content_type in ["text/plain", "application/x-www-form-urlencoded"] {
-                let headers = [DEMO_AUTH, ("content-type", content_type)];
+        for (method, suffix, body) in &cases {
+            // None: no Content-Type at all, which the vendor requires with a JSON body.
+            for content_type in [
+                Some("text/plain"),
+                Some("application/x-www-form-urlencoded"),
+                None,
+            ] {
+                let mut headers = vec![DEMO_AUTH];
+                headers.extend(content_type.map(|t| ("content-type", t)));
                 let url = format!("{base}{suffix}");
-                http(Method::POST, &url, &headers, Some(body))
+                http(method.clone(), &url, &headers, Some(body))
                     .await
                     .assert_error(415, "web_application");
             }
@@ -275,6 +295,7 @@ async fn other_content_types_on_json_endpoints_get_415_without_a_vendor_call() {
         "presence_batch_get",
         "presence_set",
         "presence_subscribe",
+        "presence_unsubscribe",
         "messages_users",
     ] {
         assert_eq!(stats["requests"][endpoint], 0, "{endpoint}: {stats}");
@@ -285,19 +306,24 @@ async fn other_content_types_on_json_endpoints_get_415_without_a_vendor_call() {
         ("content-type", "Application/JSON; charset=utf-8"),
     ];
     let url = format!("{}/users/alice/presence", gw.easemob());
-    let resp = http(Method::POST, &url, &headers, Some(cases[0].1)).await;
+    let resp = http(Method::POST, &url, &headers, Some(cases[0].2)).await;
     assert_eq!(resp.status, 200, "{}", resp.text());
+    // A request without a body has no media type to refuse: it reaches the vendor, whose own
+    // answer (here: no JSON to parse) comes back.
+    let resp = http(Method::DELETE, &url, &[DEMO_AUTH], None).await;
+    resp.assert_error(400, "json_parse");
+    assert_eq!(emu.requests("presence_unsubscribe").await, 1);
 
     // The emulator answers as the vendor does.
     let token = format!("Bearer {}", common::agora_token(600));
-    let headers = [
-        ("authorization", token.as_str()),
-        ("content-type", "text/plain"),
-    ];
     let url = format!("{}/users/alice/presence", emu.agora());
-    http(Method::POST, &url, &headers, Some(cases[0].1))
-        .await
-        .assert_error(415, "web_application");
+    for content_type in [Some("text/plain"), None] {
+        let mut headers = vec![("authorization", token.as_str())];
+        headers.extend(content_type.map(|t| ("content-type", t)));
+        http(Method::POST, &url, &headers, Some(cases[0].2))
+            .await
+            .assert_error(415, "web_application");
+    }
 }
 
 #[tokio::test]
