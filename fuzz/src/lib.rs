@@ -14,7 +14,7 @@ use imgate::cache::presence::{self, BatchError, PresenceApp, SendBatch};
 use imgate::cache::{Answer, Cache, CacheStatus, Fetch, Key, Kind};
 use imgate::config::RawConfig;
 use imgate::emulator::EmulatorConfig;
-use imgate::route::{encode_segment, AppRef, Endpoint, Path, Route};
+use imgate::route::{encode_segment, AppRef, Endpoint, Path, Route, LEGACY_SEND};
 use imgate::token::agora::{ParsedToken, TokenSpec, PRIVILEGE_APP, PRIVILEGE_USER};
 use imgate::upstream::VendorResponse;
 use serde_json::Value;
@@ -85,6 +85,8 @@ fn rebuild(route: &Route<'_>) -> String {
     );
     let rest = match route.endpoint {
         Endpoint::Token => "/token".to_owned(),
+        // The legacy send, `POST {prefix}/messages`, is told apart by its param.
+        Endpoint::MessagesSend if route.param == LEGACY_SEND => "/messages".to_owned(),
         Endpoint::MessagesSend => "/messages/users".to_owned(),
         Endpoint::OfflineMsgCount => format!("/users/{u}/offline_msg_count"),
         Endpoint::OfflineMsgStatus => format!("/users/{u}/offline_msg_status/{param}"),
