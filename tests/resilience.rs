@@ -15,6 +15,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use imgate::config::{RawCache, RawCachePolicy};
 use imgate::demo;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -64,10 +65,15 @@ async fn count(url: &str) -> Resp {
     http(Method::GET, url, &[DEMO_AUTH], None).await
 }
 
-async fn put_faults(emu: &TestEmulator, faults: Value) {
-    let url = format!("{}/__emulator/faults", emu.base());
-    let resp = http(Method::PUT, &url, &[], Some(&faults.to_string())).await;
+/// PUTs `body` to the emulator's control endpoint `/__emulator/{what}`.
+async fn put_control(emu: &TestEmulator, what: &str, body: Value) {
+    let url = format!("{}/__emulator/{what}", emu.base());
+    let resp = http(Method::PUT, &url, &[], Some(&body.to_string())).await;
     assert_eq!(resp.status, 200, "{}", resp.text());
+}
+
+async fn put_faults(emu: &TestEmulator, faults: Value) {
+    put_control(emu, "faults", faults).await;
 }
 
 #[tokio::test]
@@ -329,14 +335,7 @@ async fn other_or_missing_content_types_on_json_bodies_get_415_without_a_vendor_
 #[tokio::test]
 async fn stale_reads_beat_a_hanging_vendor_and_uncached_reads_time_out() {
     let emu = TestEmulator::demo().await;
-    let mut raw = demo_config(&emu.base());
-    raw.upstream.timeout_ms = 1500;
-    let policy = &mut raw.cache.offline_count;
-    policy.ttl_ms = 100;
-    policy.stale_while_revalidate_ms = 0;
-    policy.stale_if_error_ms = 60_000;
-    policy.stale_timeout_ms = 500;
-    let gw = TestGateway::start(raw).await;
+    let gw = stale_beats_slow_gateway(&emu, |cache| &mut cache.offline_count).await;
     let alice = format!("{}/users/alice/offline_msg_count", gw.agora());
     let first = count(&alice).await;
     assert_eq!(
@@ -377,13 +376,39 @@ async fn stale_reads_beat_a_hanging_vendor_and_uncached_reads_time_out() {
     );
 
     // The vendor recovers: a probe closes the breaker and the cache is fresh again.
-    put_faults(&emu, json!({})).await;
+    let resp = recovered(&emu, || count(&alice)).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+}
+
+/// A gateway whose cache `policy` keeps answers fresh 100 ms, stale for 60 s when the vendor
+/// fails, and waits 500 ms for the vendor before a stale answer; vendor calls time out after
+/// 1.5 s.
+async fn stale_beats_slow_gateway(
+    emu: &TestEmulator,
+    policy: fn(&mut RawCache) -> &mut RawCachePolicy,
+) -> TestGateway {
+    let mut raw = demo_config(&emu.base());
+    raw.upstream.timeout_ms = 1500;
+    let policy = policy(&mut raw.cache);
+    policy.ttl_ms = 100;
+    policy.stale_while_revalidate_ms = 0;
+    policy.stale_if_error_ms = 60_000;
+    policy.stale_timeout_ms = 500;
+    TestGateway::start(raw).await
+}
+
+/// Clears the emulator's faults, then reads until an answer is no longer `STALE` (within 8 s),
+/// and returns it.
+async fn recovered<F: std::future::Future<Output = Resp>>(
+    emu: &TestEmulator,
+    read: impl Fn() -> F,
+) -> Resp {
+    put_faults(emu, json!({})).await;
     let deadline = Instant::now() + Duration::from_secs(8);
     loop {
-        let resp = count(&alice).await;
+        let resp = read().await;
         if resp.header("x-cache") != Some("STALE") {
-            assert_eq!(resp.status, 200, "{}", resp.text());
-            break;
+            return resp;
         }
         assert!(
             Instant::now() < deadline,
@@ -415,14 +440,7 @@ fn uids(resp: &Resp) -> Vec<String> {
 #[tokio::test]
 async fn stale_presence_beats_a_hanging_vendor_for_each_caller_and_its_breaker_sends_one_probe() {
     let emu = TestEmulator::demo().await;
-    let mut raw = demo_config(&emu.base());
-    raw.upstream.timeout_ms = 1500;
-    let policy = &mut raw.cache.presence;
-    policy.ttl_ms = 100;
-    policy.stale_while_revalidate_ms = 0;
-    policy.stale_if_error_ms = 60_000;
-    policy.stale_timeout_ms = 500;
-    let gw = TestGateway::start(raw).await;
+    let gw = stale_beats_slow_gateway(&emu, |cache| &mut cache.presence).await;
     let base = gw.agora();
     // Two callers, each with its own users.
     let (alice_users, erin_users) = (["bob", "carol"], ["dave"]);
@@ -483,21 +501,9 @@ async fn stale_presence_beats_a_hanging_vendor_for_each_caller_and_its_breaker_s
     );
 
     // The vendor recovers: a probe closes the breaker and answers are fresh again.
-    put_faults(&emu, json!({})).await;
-    let deadline = Instant::now() + Duration::from_secs(8);
-    loop {
-        let resp = batch_get(&base, "alice", &alice_users).await;
-        if resp.header("x-cache") != Some("STALE") {
-            assert_eq!(resp.status, 200, "{}", resp.text());
-            assert_eq!(uids(&resp), alice_users);
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still stale 8 s after the vendor recovered"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let resp = recovered(&emu, || batch_get(&base, "alice", &alice_users)).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(uids(&resp), alice_users);
 }
 
 async fn readyz(gw: &TestGateway) -> Resp {
@@ -513,9 +519,7 @@ async fn readyz(gw: &TestGateway) -> Resp {
 async fn set_easemob_secret(emu: &TestEmulator, secret: &str) {
     let change =
         json!({"org": demo::EASEMOB_ORG, "app": demo::EASEMOB_APP, "client_secret": secret});
-    let url = format!("{}/__emulator/credentials", emu.base());
-    let resp = http(Method::PUT, &url, &[], Some(&change.to_string())).await;
-    assert_eq!(resp.status, 200, "{}", resp.text());
+    put_control(emu, "credentials", change).await;
 }
 
 async fn wait_for_readyz(gw: &TestGateway, status: u16, within: Duration) -> Resp {
@@ -528,6 +532,22 @@ async fn wait_for_readyz(gw: &TestGateway, status: u16, within: Duration) -> Res
         assert!(Instant::now() < deadline, "readyz: {}", resp.text());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// `/readyz` is 503 with `app` the one degraded demo app, its reason naming `why`, and still
+/// 503 half a second later.
+async fn assert_degraded_alone(gw: &TestGateway, app: &str, why: &str) {
+    let degraded = readyz(gw).await;
+    assert_eq!(degraded.status, 503, "{}", degraded.text());
+    let body = degraded.json();
+    let mut apps = json!({"agora-demo": "ok", "easemob-demo": "ok"});
+    apps[app] = json!("degraded");
+    assert_eq!(body["apps"], apps);
+    let reason = body["reasons"][app].as_str().unwrap();
+    assert!(reason.contains(why), "{reason}");
+    assert_eq!(body["reasons"].as_object().unwrap().len(), 1, "{body}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(readyz(gw).await.status, 503);
 }
 
 #[tokio::test]
@@ -546,19 +566,8 @@ async fn readyz_is_503_naming_the_app_while_its_token_is_revoked_and_200_once_it
     count(&format!("{}/users/alice/offline_msg_count", gw.easemob()))
         .await
         .assert_error(503, "imgate_token_unavailable");
-    let degraded = readyz(&gw).await;
-    assert_eq!(degraded.status, 503, "{}", degraded.text());
-    let body = degraded.json();
-    assert_eq!(
-        body["apps"],
-        json!({"agora-demo": "ok", "easemob-demo": "degraded"})
-    );
-    let reason = body["reasons"]["easemob-demo"].as_str().unwrap();
-    assert!(reason.contains("invalid_grant"), "{reason}");
-    assert!(body["reasons"].get("agora-demo").is_none(), "{body}");
     // It stays degraded while renewals keep failing.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(readyz(&gw).await.status, 503);
+    assert_degraded_alone(&gw, "easemob-demo", "invalid_grant").await;
 
     set_easemob_secret(&emu, demo::EASEMOB_CLIENT_SECRET).await;
     let ready = wait_for_readyz(&gw, 200, Duration::from_secs(3)).await;
@@ -569,9 +578,7 @@ async fn readyz_is_503_naming_the_app_while_its_token_is_revoked_and_200_once_it
 
 async fn set_agora_certificate(emu: &TestEmulator, certificate: &str) {
     let change = json!({"app_id": demo::AGORA_APP_ID, "app_certificate": certificate});
-    let url = format!("{}/__emulator/credentials", emu.base());
-    let resp = http(Method::PUT, &url, &[], Some(&change.to_string())).await;
-    assert_eq!(resp.status, 200, "{}", resp.text());
+    put_control(emu, "credentials", change).await;
 }
 
 #[tokio::test]
@@ -592,19 +599,8 @@ async fn readyz_is_503_naming_an_agora_app_whose_renewed_token_is_refused_and_20
     count(&bob)
         .await
         .assert_error(502, "imgate_upstream_unauthorized");
-    let degraded = readyz(&gw).await;
-    assert_eq!(degraded.status, 503, "{}", degraded.text());
-    let body = degraded.json();
-    assert_eq!(
-        body["apps"],
-        json!({"agora-demo": "degraded", "easemob-demo": "ok"})
-    );
-    let reason = body["reasons"]["agora-demo"].as_str().unwrap();
-    assert!(reason.contains("401"), "{reason}");
-    assert!(body["reasons"].get("easemob-demo").is_none(), "{body}");
     // It stays degraded while the vendor keeps refusing (the probes see 401 too).
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(readyz(&gw).await.status, 503);
+    assert_degraded_alone(&gw, "agora-demo", "401").await;
 
     // Restored: imgate finds out by itself, without any API call.
     let probes_before = emu.requests("offline_msg_count").await;
