@@ -18,6 +18,9 @@ TARGETS=("$@")
 [ ${#TARGETS[@]} -gt 0 ] || TARGETS=(route bodies token config)
 export RUSTC_BOOTSTRAP=1
 SANITIZER=${SANITIZER:-none}
+# cargo fuzz has no --locked: fetching with it first fails if Cargo.lock is out of date (a
+# dependency the root crate gained and this lock lacks) instead of resolving anew.
+cargo fetch --locked
 nice -n 19 cargo fuzz build --sanitizer "$SANITIZER"
 for t in "${TARGETS[@]}"; do
   mkdir -p "corpus/$t"

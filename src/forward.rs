@@ -72,7 +72,8 @@ impl VendorCall {
 
     /// Makes the call. A 401 means the vendor refused imgate's token (the caller's credentials
     /// were fine): the token is renewed once, for all the requests that saw it refused, and the
-    /// call replayed once; a second 401 is [`GatewayError::UpstreamUnauthorized`].
+    /// call replayed once; a second 401 is [`GatewayError::UpstreamUnauthorized`], and the app
+    /// is not ready until the vendor takes its token again.
     pub async fn send(mut self) -> Result<VendorResponse, GatewayError> {
         let mut token = self.app.tokens.token().await?;
         let quota = self.app.quota(self.endpoint);
@@ -113,6 +114,10 @@ impl VendorCall {
             } else {
                 quota.succeeded();
             }
+            // A 401 to the replacement token (attempt 1) makes the app not ready.
+            self.app
+                .tokens
+                .note_answer(response.status, &response.body, attempt == 1);
             if response.status != StatusCode::UNAUTHORIZED {
                 return Ok(response);
             }

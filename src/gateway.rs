@@ -24,7 +24,7 @@ use crate::cluster::{Cluster, ClusterError};
 use crate::config::{vendor_identity, ConfigErrors, RawConfig, Settings};
 use crate::limit::{Permits, VendorQuota, WaitPolicy};
 use crate::metrics::Metrics;
-use crate::route::{encode_segment, AppRef, Endpoint};
+use crate::route::{AppRef, Endpoint};
 use crate::server::{ConnLimits, TlsConfig};
 use crate::token::{Credentials, TokenError, TokenPolicy, TokenSource};
 use crate::upstream::Upstream;
@@ -386,14 +386,7 @@ impl Gateway {
                     return kept.clone();
                 }
                 let key = vendor_identity(&app.credentials);
-                let prefix = match &app.credentials {
-                    Credentials::Agora { app_id, .. } => {
-                        format!("/app-id/{}", encode_segment(app_id))
-                    }
-                    Credentials::Easemob { org, app, .. } => {
-                        format!("/{}/{}", encode_segment(org), encode_segment(app))
-                    }
-                };
+                let prefix = app.credentials.prefix();
                 let shared = match (&self.cluster, &self.bus, &app.credentials) {
                     (Some(cluster), Some(bus), Credentials::Easemob { .. }) => {
                         Some(TokenStore::new(cluster, bus, &app.name, &app.credentials))

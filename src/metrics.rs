@@ -281,9 +281,7 @@ impl Metrics {
             error: self.token_refreshes.with_label_values(&[app, "error"]),
             expiry: self.token_expiry.with_label_values(&[app]),
             fetches: self.upstream_requests.clone(),
-            fetch_duration: self
-                .upstream_duration
-                .with_label_values(&[app, Endpoint::Token.name()]),
+            durations: self.upstream_duration.clone(),
             app: app.to_owned(),
         }
     }

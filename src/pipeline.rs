@@ -209,7 +209,7 @@ async fn process<'s>(
         return Err(GatewayError::EndpointNotForwarded);
     }
     // The vendor would answer 415: no vendor call (nor quota) spent to learn it.
-    if !vendor::content_type_accepted(route.endpoint, &parts.headers) {
+    if !vendor::content_type_accepted(route.endpoint, &parts.headers, !body.is_end_stream()) {
         return Err(GatewayError::UnsupportedMediaType);
     }
 
@@ -475,7 +475,7 @@ impl<'s> TokenRequest<'_, 's> {
             self.gateway.metrics.rate_limited(Scope::Client);
             return Err(GatewayError::TooManyFailures { retry_after });
         }
-        if !vendor::content_type_accepted(Endpoint::Token, &parts.headers) {
+        if !vendor::content_type_accepted(Endpoint::Token, &parts.headers, !body.is_end_stream()) {
             return Err(GatewayError::UnsupportedMediaType);
         }
         let body = read_request_body(self.gateway, snapshot, body, trace).await?;

@@ -265,10 +265,11 @@ impl<'a> Path<'a> {
             return Cow::Borrowed(&self.raw[self.suffix_at..]);
         }
         let raw = suffix(self.raw);
-        let canonical = raw
-            .split('/')
-            .skip(1)
-            .all(|s| matches!(Cow::from(utf8_percent_encode(s, SEGMENT)), Cow::Borrowed(_)));
+        // A segment is canonical when it encodes to itself. (A borrowed encoding alone is not
+        // enough: a segment of one byte to escape, like `"`, encodes to one borrowed `%22`.)
+        let canonical = raw.split('/').skip(1).all(
+            |s| matches!(Cow::from(utf8_percent_encode(s, SEGMENT)), Cow::Borrowed(e) if e == s),
+        );
         if canonical {
             return Cow::Borrowed(raw);
         }
@@ -531,6 +532,10 @@ mod tests {
         assert_eq!(route.endpoint, Endpoint::OfflineMsgCount);
         assert_eq!(path.suffix(), "/users/bob%20%E5%BC%A0/offline_msg_count");
         assert_eq!(Path::parse("/o/a").unwrap().suffix(), "");
+        // A segment that is one byte to escape (found by fuzzing: it was kept raw).
+        for raw in ["/o/a/users/\"/presence", "/o/a/users/%22/presence"] {
+            assert_eq!(Path::parse(raw).unwrap().suffix(), "/users/%22/presence");
+        }
         assert_eq!(
             Path::parse("/o/a/messages/users").unwrap().suffix(),
             "/messages/users"
@@ -605,6 +610,7 @@ mod tests {
             Just("%2e%2E".to_owned()),
             Just("%2F".to_owned()),
             Just("%".to_owned()),
+            Just("\"".to_owned()),
             "[a-z%0-9A-F.\\\\ \u{7f}\u{85}张]{0,8}",
             any::<String>(),
         ];

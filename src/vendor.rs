@@ -48,9 +48,15 @@ pub const fn default_quota(endpoint: Endpoint) -> u32 {
 }
 
 /// Whether the vendor accepts a request to `endpoint` with these headers' content type: its
-/// JSON endpoints refuse any other type (415 `web_application`), the token endpoint also a
-/// missing one. Other JSON endpoints take a body without a content type, as the vendor does.
-pub fn content_type_accepted(endpoint: Endpoint, headers: &http::HeaderMap) -> bool {
+/// JSON endpoints refuse any other type (415 `web_application`), and a missing one when a body
+/// comes (`has_body`; the token endpoint always): the vendor documents `Content-Type:
+/// application/json` as required and 415 for a missing JSON content type. A request without a
+/// body has no media type to refuse.
+pub fn content_type_accepted(
+    endpoint: Endpoint,
+    headers: &http::HeaderMap,
+    has_body: bool,
+) -> bool {
     let takes_json = matches!(
         endpoint,
         Endpoint::Token
@@ -64,7 +70,7 @@ pub fn content_type_accepted(endpoint: Endpoint, headers: &http::HeaderMap) -> b
         return true;
     }
     match headers.get(http::header::CONTENT_TYPE) {
-        None => endpoint != Endpoint::Token,
+        None => !has_body && endpoint != Endpoint::Token,
         Some(value) => value.to_str().is_ok_and(|v| {
             let essence = v.split(';').next().unwrap_or("").trim();
             essence.eq_ignore_ascii_case("application/json")

@@ -432,7 +432,8 @@ async fn writes_through_imgate_keep_the_cache_true() {
     assert!(bob.json()["result"][0].get("expiry").is_none());
     assert_eq!(emu.requests("presence_batch_get").await, 0);
     assert_eq!(get(&list).await.json()["result"]["totalnum"], "1");
-    let unsub = http(Method::DELETE, &presence, &[DEMO_AUTH], Some(r#"["bob"]"#)).await;
+    let headers = [DEMO_AUTH, ("content-type", "application/json")];
+    let unsub = http(Method::DELETE, &presence, &headers, Some(r#"["bob"]"#)).await;
     assert_eq!(unsub.status, 200);
     assert_eq!(get(&list).await.json()["result"]["totalnum"], "0");
 }

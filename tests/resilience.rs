@@ -15,6 +15,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use imgate::config::{RawCache, RawCachePolicy};
 use imgate::demo;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -64,10 +65,15 @@ async fn count(url: &str) -> Resp {
     http(Method::GET, url, &[DEMO_AUTH], None).await
 }
 
-async fn put_faults(emu: &TestEmulator, faults: Value) {
-    let url = format!("{}/__emulator/faults", emu.base());
-    let resp = http(Method::PUT, &url, &[], Some(&faults.to_string())).await;
+/// PUTs `body` to the emulator's control endpoint `/__emulator/{what}`.
+async fn put_control(emu: &TestEmulator, what: &str, body: Value) {
+    let url = format!("{}/__emulator/{what}", emu.base());
+    let resp = http(Method::PUT, &url, &[], Some(&body.to_string())).await;
     assert_eq!(resp.status, 200, "{}", resp.text());
+}
+
+async fn put_faults(emu: &TestEmulator, faults: Value) {
+    put_control(emu, "faults", faults).await;
 }
 
 #[tokio::test]
@@ -309,24 +315,44 @@ async fn a_dribbled_body_is_cut_off_at_the_body_read_timeout() {
 }
 
 #[tokio::test]
-async fn other_content_types_on_json_endpoints_get_415_without_a_vendor_call() {
+async fn other_or_missing_content_types_on_json_bodies_get_415_without_a_vendor_call() {
     let emu = TestEmulator::demo().await;
     let gw = TestGateway::demo(&emu).await;
     let cases = [
-        ("/users/alice/presence", r#"{"usernames":["bob"]}"#),
-        ("/users/alice/presence/web_1/1", r#"{"ext":"x"}"#),
-        ("/users/alice/presence/60", r#"{"usernames":["bob"]}"#),
         (
+            Method::POST,
+            "/users/alice/presence",
+            r#"{"usernames":["bob"]}"#,
+        ),
+        (
+            Method::POST,
+            "/users/alice/presence/web_1/1",
+            r#"{"ext":"x"}"#,
+        ),
+        (
+            Method::POST,
+            "/users/alice/presence/60",
+            r#"{"usernames":["bob"]}"#,
+        ),
+        (Method::DELETE, "/users/alice/presence", r#"["bob"]"#),
+        (
+            Method::POST,
             "/messages/users",
             r#"{"from":"alice","to":["bob"],"type":"txt","body":{"msg":"hi"}}"#,
         ),
     ];
     for base in [gw.agora(), gw.easemob()] {
-        for (suffix, body) in cases {
-            for content_type in ["text/plain", "application/x-www-form-urlencoded"] {
-                let headers = [DEMO_AUTH, ("content-type", content_type)];
+        for (method, suffix, body) in &cases {
+            // None: no Content-Type at all, which the vendor requires with a JSON body.
+            for content_type in [
+                Some("text/plain"),
+                Some("application/x-www-form-urlencoded"),
+                None,
+            ] {
+                let mut headers = vec![DEMO_AUTH];
+                headers.extend(content_type.map(|t| ("content-type", t)));
                 let url = format!("{base}{suffix}");
-                http(Method::POST, &url, &headers, Some(body))
+                http(method.clone(), &url, &headers, Some(body))
                     .await
                     .assert_error(415, "web_application");
             }
@@ -337,6 +363,7 @@ async fn other_content_types_on_json_endpoints_get_415_without_a_vendor_call() {
         "presence_batch_get",
         "presence_set",
         "presence_subscribe",
+        "presence_unsubscribe",
         "messages_users",
     ] {
         assert_eq!(stats["requests"][endpoint], 0, "{endpoint}: {stats}");
@@ -347,32 +374,30 @@ async fn other_content_types_on_json_endpoints_get_415_without_a_vendor_call() {
         ("content-type", "Application/JSON; charset=utf-8"),
     ];
     let url = format!("{}/users/alice/presence", gw.easemob());
-    let resp = http(Method::POST, &url, &headers, Some(cases[0].1)).await;
+    let resp = http(Method::POST, &url, &headers, Some(cases[0].2)).await;
     assert_eq!(resp.status, 200, "{}", resp.text());
+    // A request without a body has no media type to refuse: it reaches the vendor, whose own
+    // answer (here: no JSON to parse) comes back.
+    let resp = http(Method::DELETE, &url, &[DEMO_AUTH], None).await;
+    resp.assert_error(400, "json_parse");
+    assert_eq!(emu.requests("presence_unsubscribe").await, 1);
 
     // The emulator answers as the vendor does.
     let token = format!("Bearer {}", common::agora_token(600));
-    let headers = [
-        ("authorization", token.as_str()),
-        ("content-type", "text/plain"),
-    ];
     let url = format!("{}/users/alice/presence", emu.agora());
-    http(Method::POST, &url, &headers, Some(cases[0].1))
-        .await
-        .assert_error(415, "web_application");
+    for content_type in [Some("text/plain"), None] {
+        let mut headers = vec![("authorization", token.as_str())];
+        headers.extend(content_type.map(|t| ("content-type", t)));
+        http(Method::POST, &url, &headers, Some(cases[0].2))
+            .await
+            .assert_error(415, "web_application");
+    }
 }
 
 #[tokio::test]
 async fn stale_reads_beat_a_hanging_vendor_and_uncached_reads_time_out() {
     let emu = TestEmulator::demo().await;
-    let mut raw = demo_config(&emu.base());
-    raw.upstream.timeout_ms = 1500;
-    let policy = &mut raw.cache.offline_count;
-    policy.ttl_ms = 100;
-    policy.stale_while_revalidate_ms = 0;
-    policy.stale_if_error_ms = 60_000;
-    policy.stale_timeout_ms = 500;
-    let gw = TestGateway::start(raw).await;
+    let gw = stale_beats_slow_gateway(&emu, |cache| &mut cache.offline_count).await;
     let alice = format!("{}/users/alice/offline_msg_count", gw.agora());
     let first = count(&alice).await;
     assert_eq!(
@@ -413,13 +438,39 @@ async fn stale_reads_beat_a_hanging_vendor_and_uncached_reads_time_out() {
     );
 
     // The vendor recovers: a probe closes the breaker and the cache is fresh again.
-    put_faults(&emu, json!({})).await;
+    let resp = recovered(&emu, || count(&alice)).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+}
+
+/// A gateway whose cache `policy` keeps answers fresh 100 ms, stale for 60 s when the vendor
+/// fails, and waits 500 ms for the vendor before a stale answer; vendor calls time out after
+/// 1.5 s.
+async fn stale_beats_slow_gateway(
+    emu: &TestEmulator,
+    policy: fn(&mut RawCache) -> &mut RawCachePolicy,
+) -> TestGateway {
+    let mut raw = demo_config(&emu.base());
+    raw.upstream.timeout_ms = 1500;
+    let policy = policy(&mut raw.cache);
+    policy.ttl_ms = 100;
+    policy.stale_while_revalidate_ms = 0;
+    policy.stale_if_error_ms = 60_000;
+    policy.stale_timeout_ms = 500;
+    TestGateway::start(raw).await
+}
+
+/// Clears the emulator's faults, then reads until an answer is no longer `STALE` (within 8 s),
+/// and returns it.
+async fn recovered<F: std::future::Future<Output = Resp>>(
+    emu: &TestEmulator,
+    read: impl Fn() -> F,
+) -> Resp {
+    put_faults(emu, json!({})).await;
     let deadline = Instant::now() + Duration::from_secs(8);
     loop {
-        let resp = count(&alice).await;
+        let resp = read().await;
         if resp.header("x-cache") != Some("STALE") {
-            assert_eq!(resp.status, 200, "{}", resp.text());
-            break;
+            return resp;
         }
         assert!(
             Instant::now() < deadline,
@@ -427,6 +478,94 @@ async fn stale_reads_beat_a_hanging_vendor_and_uncached_reads_time_out() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+async fn batch_get(base: &str, caller: &str, users: &[&str]) -> Resp {
+    let url = format!("{base}/users/{caller}/presence");
+    let headers = [DEMO_AUTH, ("content-type", "application/json")];
+    let body = json!({ "usernames": users }).to_string();
+    http(Method::POST, &url, &headers, Some(&body)).await
+}
+
+/// The `uid`s a batch get answered, in order.
+fn uids(resp: &Resp) -> Vec<String> {
+    let result = resp.json()["result"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    result
+        .iter()
+        .map(|entry| entry["uid"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn stale_presence_beats_a_hanging_vendor_for_each_caller_and_its_breaker_sends_one_probe() {
+    let emu = TestEmulator::demo().await;
+    let gw = stale_beats_slow_gateway(&emu, |cache| &mut cache.presence).await;
+    let base = gw.agora();
+    // Two callers, each with its own users.
+    let (alice_users, erin_users) = (["bob", "carol"], ["dave"]);
+    let alice_first = batch_get(&base, "alice", &alice_users).await;
+    let erin_first = batch_get(&base, "erin", &erin_users).await;
+    for (first, users) in [
+        (&alice_first, &alice_users[..]),
+        (&erin_first, &erin_users[..]),
+    ] {
+        assert_eq!(first.status, 200, "{}", first.text());
+        assert_eq!(first.header("x-cache"), Some("MISS"));
+        assert_eq!(uids(first), users);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    put_faults(&emu, json!({"latency_ms": 4000})).await;
+
+    // Both callers at once: their lookups may merge into one vendor call, but each answer has
+    // only the caller's own users, from the stale entries.
+    let started = Instant::now();
+    let (alice, erin) = tokio::join!(
+        batch_get(&base, "alice", &alice_users),
+        batch_get(&base, "erin", &erin_users)
+    );
+    let together = started.elapsed();
+    for (resp, first) in [(&alice, &alice_first), (&erin, &erin_first)] {
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        assert_eq!(resp.header("x-cache"), Some("STALE"));
+        assert_eq!(resp.body, first.body, "the stale answer is the cached one");
+    }
+    let mut took = vec![together];
+    for _ in 0..5 {
+        let started = Instant::now();
+        let resp = batch_get(&base, "alice", &alice_users).await;
+        took.push(started.elapsed());
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        assert_eq!(resp.header("x-cache"), Some("STALE"));
+        assert_eq!(resp.body, alice_first.body);
+    }
+    println!("stale presence batch gets with a hanging vendor took {took:?}");
+    assert!(
+        took.iter().all(|t| *t <= Duration::from_millis(600)),
+        "{took:?}"
+    );
+    // The breaker has opened: stale answers come at once, and one probe at a time goes out.
+    assert!(
+        took[3..].iter().all(|t| *t < Duration::from_millis(100)),
+        "{took:?}"
+    );
+    let calls = emu.requests("presence_batch_get").await;
+    for _ in 0..10 {
+        let resp = batch_get(&base, "alice", &alice_users).await;
+        assert_eq!(resp.header("x-cache"), Some("STALE"));
+    }
+    let probes = emu.requests("presence_batch_get").await - calls;
+    assert!(
+        probes <= 1,
+        "{probes} vendor calls for 10 reads with the breaker open"
+    );
+
+    // The vendor recovers: a probe closes the breaker and answers are fresh again.
+    let resp = recovered(&emu, || batch_get(&base, "alice", &alice_users)).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(uids(&resp), alice_users);
 }
 
 async fn readyz(gw: &TestGateway) -> Resp {
@@ -442,9 +581,7 @@ async fn readyz(gw: &TestGateway) -> Resp {
 async fn set_easemob_secret(emu: &TestEmulator, secret: &str) {
     let change =
         json!({"org": demo::EASEMOB_ORG, "app": demo::EASEMOB_APP, "client_secret": secret});
-    let url = format!("{}/__emulator/credentials", emu.base());
-    let resp = http(Method::PUT, &url, &[], Some(&change.to_string())).await;
-    assert_eq!(resp.status, 200, "{}", resp.text());
+    put_control(emu, "credentials", change).await;
 }
 
 async fn wait_for_readyz(gw: &TestGateway, status: u16, within: Duration) -> Resp {
@@ -457,6 +594,22 @@ async fn wait_for_readyz(gw: &TestGateway, status: u16, within: Duration) -> Res
         assert!(Instant::now() < deadline, "readyz: {}", resp.text());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// `/readyz` is 503 with `app` the one degraded demo app, its reason naming `why`, and still
+/// 503 half a second later.
+async fn assert_degraded_alone(gw: &TestGateway, app: &str, why: &str) {
+    let degraded = readyz(gw).await;
+    assert_eq!(degraded.status, 503, "{}", degraded.text());
+    let body = degraded.json();
+    let mut apps = json!({"agora-demo": "ok", "easemob-demo": "ok"});
+    apps[app] = json!("degraded");
+    assert_eq!(body["apps"], apps);
+    let reason = body["reasons"][app].as_str().unwrap();
+    assert!(reason.contains(why), "{reason}");
+    assert_eq!(body["reasons"].as_object().unwrap().len(), 1, "{body}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(readyz(gw).await.status, 503);
 }
 
 #[tokio::test]
@@ -475,24 +628,54 @@ async fn readyz_is_503_naming_the_app_while_its_token_is_revoked_and_200_once_it
     count(&format!("{}/users/alice/offline_msg_count", gw.easemob()))
         .await
         .assert_error(503, "imgate_token_unavailable");
-    let degraded = readyz(&gw).await;
-    assert_eq!(degraded.status, 503, "{}", degraded.text());
-    let body = degraded.json();
-    assert_eq!(
-        body["apps"],
-        json!({"agora-demo": "ok", "easemob-demo": "degraded"})
-    );
-    let reason = body["reasons"]["easemob-demo"].as_str().unwrap();
-    assert!(reason.contains("invalid_grant"), "{reason}");
-    assert!(body["reasons"].get("agora-demo").is_none(), "{body}");
     // It stays degraded while renewals keep failing.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(readyz(&gw).await.status, 503);
+    assert_degraded_alone(&gw, "easemob-demo", "invalid_grant").await;
 
     set_easemob_secret(&emu, demo::EASEMOB_CLIENT_SECRET).await;
     let ready = wait_for_readyz(&gw, 200, Duration::from_secs(3)).await;
     assert_eq!(ready.json()["status"], "ready");
     let resp = count(&format!("{}/users/alice/offline_msg_count", gw.easemob())).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+}
+
+async fn set_agora_certificate(emu: &TestEmulator, certificate: &str) {
+    let change = json!({"app_id": demo::AGORA_APP_ID, "app_certificate": certificate});
+    put_control(emu, "credentials", change).await;
+}
+
+#[tokio::test]
+async fn readyz_is_503_naming_an_agora_app_whose_renewed_token_is_refused_and_200_once_taken() {
+    let emu = TestEmulator::demo().await;
+    let mut raw = demo_config(&emu.base());
+    raw.tokens.retry_initial_ms = 100;
+    raw.tokens.retry_max_ms = 200;
+    let gw = TestGateway::start(raw).await;
+    wait_for_readyz(&gw, 200, Duration::from_secs(2)).await;
+    let alice = format!("{}/users/alice/offline_msg_count", gw.agora());
+    assert_eq!(count(&alice).await.status, 200);
+
+    // The certificate changed in the vendor's console: imgate's re-signed token is refused too.
+    set_agora_certificate(&emu, "00112233445566778899aabbccddeeff").await;
+    // An uncached read (alice's count is cached now).
+    let bob = format!("{}/users/bob/offline_msg_count", gw.agora());
+    count(&bob)
+        .await
+        .assert_error(502, "imgate_upstream_unauthorized");
+    // It stays degraded while the vendor keeps refusing (the probes see 401 too).
+    assert_degraded_alone(&gw, "agora-demo", "401").await;
+
+    // Restored: imgate finds out by itself, without any API call.
+    let probes_before = emu.requests("offline_msg_count").await;
+    set_agora_certificate(&emu, demo::AGORA_APP_CERTIFICATE).await;
+    let started = Instant::now();
+    let ready = wait_for_readyz(&gw, 200, Duration::from_secs(3)).await;
+    println!(
+        "ready again {:?} after the certificate was restored",
+        started.elapsed()
+    );
+    assert_eq!(ready.json()["status"], "ready");
+    assert!(emu.requests("offline_msg_count").await > probes_before);
+    let resp = count(&bob).await;
     assert_eq!(resp.status, 200, "{}", resp.text());
 }
 

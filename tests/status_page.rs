@@ -109,7 +109,7 @@ async fn status_json_counts_requests_errors_cache_and_vendor_calls() {
     let failed = http(
         Method::POST,
         &format!("{}/users/alice/presence/android/1", gw.easemob()),
-        &[DEMO_AUTH],
+        &[DEMO_AUTH, ("content-type", "application/json")],
         Some(r#"{"ext":"online"}"#),
     )
     .await;

@@ -14,7 +14,7 @@ use imgate::cache::presence::{self, BatchError, PresenceApp, SendBatch};
 use imgate::cache::{Answer, Cache, CacheStatus, Fetch, Key, Kind};
 use imgate::config::RawConfig;
 use imgate::emulator::EmulatorConfig;
-use imgate::route::{encode_segment, AppRef, Endpoint, Path, Route};
+use imgate::route::{encode_segment, AppRef, Endpoint, Path, Route, LEGACY_SEND};
 use imgate::token::agora::{ParsedToken, TokenSpec, PRIVILEGE_APP, PRIVILEGE_USER};
 use imgate::upstream::VendorResponse;
 use serde_json::Value;
@@ -85,6 +85,8 @@ fn rebuild(route: &Route<'_>) -> String {
     );
     let rest = match route.endpoint {
         Endpoint::Token => "/token".to_owned(),
+        // The legacy send, `POST {prefix}/messages`, is told apart by its param.
+        Endpoint::MessagesSend if route.param == LEGACY_SEND => "/messages".to_owned(),
         Endpoint::MessagesSend => "/messages/users".to_owned(),
         Endpoint::OfflineMsgCount => format!("/users/{u}/offline_msg_count"),
         Endpoint::OfflineMsgStatus => format!("/users/{u}/offline_msg_status/{param}"),
@@ -167,13 +169,7 @@ fn vendor(body: Bytes, calls: &Arc<AtomicUsize>) -> impl Fn() -> Fetch + Clone {
     let calls = calls.clone();
     move || {
         calls.fetch_add(1, Ordering::Relaxed);
-        let response = VendorResponse {
-            status: StatusCode::OK,
-            headers: HeaderMap::new(),
-            body: body.clone(),
-            elapsed: Duration::ZERO,
-        };
-        Box::pin(std::future::ready(Ok(response))) as Fetch
+        Box::pin(std::future::ready(Ok(ok_response(body.clone())))) as Fetch
     }
 }
 
@@ -262,10 +258,7 @@ fn route_of<'p>(path: &'p Path<'static>, method: Method, endpoint: Endpoint) -> 
 async fn subscribe(cache: &Arc<Cache>, request: &[u8], answer: Bytes) {
     let path = path_of("/org/app/users/caller/presence/3600");
     let route = route_of(&path, Method::POST, Endpoint::PresenceSubscribe);
-    let response = ok_response(answer.clone());
-    cache
-        .after_write(APP, &route, request, &response, cache.current_seq())
-        .await;
+    accepted_write(cache, &route, request, answer.clone()).await;
     let Some(entries) = presence::split_result(&answer) else {
         return;
     };
@@ -306,15 +299,7 @@ async fn unsubscribe(cache: &Arc<Cache>, request: &[u8], answer: Bytes) {
     let list = Bytes::from_static(br#"{"result":{"totalnum":"0","sublist":[]}}"#);
     read(cache, &key, &vendor(list.clone(), &calls)).await;
     assert_eq!(read(cache, &key, &vendor(list, &calls)).await, Some(true));
-    cache
-        .after_write(
-            APP,
-            &route,
-            request,
-            &ok_response(answer),
-            cache.current_seq(),
-        )
-        .await;
+    accepted_write(cache, &route, request, answer).await;
     let list = Bytes::from_static(br#"{"result":{"totalnum":"0","sublist":[]}}"#);
     assert_eq!(read(cache, &key, &vendor(list, &calls)).await, Some(false));
 }
@@ -338,15 +323,7 @@ async fn message(cache: &Arc<Cache>, request: &[u8], answer: Bytes) {
         let key = count_key(user);
         read(cache, &key, &vendor(count(user), &calls)).await;
     }
-    cache
-        .after_write(
-            APP,
-            &route,
-            request,
-            &ok_response(answer),
-            cache.current_seq(),
-        )
-        .await;
+    accepted_write(cache, &route, request, answer).await;
     for user in &users {
         let hit = read(cache, &count_key(user), &vendor(count(user), &calls)).await;
         let expected = *user == bystander && !recipients.iter().any(|r| r == bystander);
@@ -398,6 +375,16 @@ async fn read(
     }
 }
 
+/// A write of `request` on `route` that the vendor accepted with `answer` (200), applied to the
+/// cache as the pipeline applies it.
+async fn accepted_write(cache: &Arc<Cache>, route: &Route<'_>, request: &[u8], answer: Bytes) {
+    let response = ok_response(answer);
+    cache
+        .after_write(APP, route, request, &response, cache.current_seq())
+        .await;
+}
+
+/// A 200 answer of the vendor with `body`.
 fn ok_response(body: Bytes) -> VendorResponse {
     VendorResponse {
         status: StatusCode::OK,

@@ -275,10 +275,9 @@ impl Cache {
     }
 
     /// A read with a stale entry at hand ("stale beats slow"): the vendor's answer if it comes
-    /// within `stale_timeout` and is not a failure, else the stale entry at once while the call
-    /// goes on in the background for the cache. While the app's endpoint keeps failing (its
-    /// breaker is open), the stale entry is served without waiting and one probe call at a time
-    /// goes to the vendor.
+    /// within `stale_timeout` and is not a failure, else the stale entry (see
+    /// [`Breaker::within`]: a slow call goes on in the background for the cache, and while the
+    /// app's endpoint keeps failing, one probe call at a time goes to the vendor).
     async fn stale_or_vendor(
         self: &Arc<Self>,
         key: &Key<'_>,
@@ -287,31 +286,18 @@ impl Cache {
         stale: Arc<Entry>,
         stale_timeout: Duration,
     ) -> Result<Answer, Arc<GatewayError>> {
+        let call = self.shared_call(key, path, fetch);
         let breaker = self.breaker(key);
-        if breaker.is_open() {
-            if breaker.try_probe() {
-                drop(self.in_background(key, path, fetch, breaker));
-            }
-            return Ok(Answer::Cached(stale, CacheStatus::Stale));
-        }
-        let call = self.in_background(key, path, fetch, breaker.clone());
-        let shared = match tokio::time::timeout(stale_timeout, call).await {
-            Ok(Ok(shared)) => shared,
-            Ok(Err(_)) => return Ok(Answer::Cached(stale, CacheStatus::Stale)),
-            Err(_) => {
-                breaker.record(false);
-                return Ok(Answer::Cached(stale, CacheStatus::Stale));
-            }
-        };
-        match shared {
-            (Ok(response), _) if vendor_failed(response.status) => {
+        match breaker.within(stale_timeout, call, shared_failed).await {
+            None => Ok(Answer::Cached(stale, CacheStatus::Stale)),
+            Some((Ok(response), _)) if vendor_failed(response.status) => {
                 Ok(Answer::Cached(stale, CacheStatus::Stale))
             }
-            (Ok(response), led) => Ok(Answer::Vendor(response, led_status(led))),
-            (Err(err), _) if err.is_vendor_failure() => {
+            Some((Ok(response), led)) => Ok(Answer::Vendor(response, led_status(led))),
+            Some((Err(err), _)) if err.is_vendor_failure() => {
                 Ok(Answer::Cached(stale, CacheStatus::Stale))
             }
-            (Err(err), _) => Err(err),
+            Some((Err(err), _)) => Err(err),
         }
     }
 
@@ -326,20 +312,18 @@ impl Cache {
 
     /// One background call refreshing `key` (its entry is being served stale meanwhile).
     fn revalidate(self: &Arc<Self>, key: &Key<'_>, path: &str, fetch: Fetch) {
-        let breaker = self.breaker(key);
-        drop(self.in_background(key, path, fetch, breaker));
+        let call = self.shared_call(key, path, fetch);
+        drop(self.breaker(key).spawn(call, shared_failed));
     }
 
-    /// Runs `fetch` for `key` (shared with concurrent reads) in a task of its own, so that it
-    /// completes and fills the cache even when no request waits for it any more; its outcome
-    /// goes to `breaker`.
-    fn in_background(
+    /// `fetch` for `key`, shared with concurrent reads ([`Cache::fetch_shared`]), as a future
+    /// that owns what it needs, so that it can run in a task of its own.
+    fn shared_call(
         self: &Arc<Self>,
         key: &Key<'_>,
         path: &str,
         fetch: Fetch,
-        breaker: Arc<Breaker>,
-    ) -> tokio::task::JoinHandle<(Shared, bool)> {
+    ) -> impl Future<Output = (Shared, bool)> + Send + 'static {
         let cache = self.clone();
         let (kind, app, user, extra) = (
             key.kind,
@@ -348,24 +332,15 @@ impl Cache {
             key.extra.to_owned(),
         );
         let path = path.to_owned();
-        tokio::spawn(async move {
+        async move {
             let key = Key {
                 kind,
                 app: &app,
                 user: &user,
                 extra: &extra,
             };
-            let (shared, led) = cache.fetch_shared(&key, &path, move || fetch).await;
-            let failed = match &shared {
-                Ok(response) => vendor_failed(response.status),
-                Err(err) => {
-                    tracing::debug!(error = %err, "background vendor call failed");
-                    err.is_vendor_failure()
-                }
-            };
-            breaker.record(!failed);
-            (shared, led)
-        })
+            cache.fetch_shared(&key, &path, move || fetch).await
+        }
     }
 
     /// Joins (or starts) the call in flight for `key`; returns its result and whether this
@@ -551,6 +526,59 @@ impl Breaker {
             self.failures.fetch_add(1, Ordering::Relaxed);
         }
         self.probing.store(false, Ordering::Release);
+    }
+
+    /// Runs the vendor call `call` in a task of its own, so that it completes and fills the
+    /// cache even when no request waits for it any more; its outcome (judged by `failed`) goes
+    /// to this breaker.
+    fn spawn<T: Send + 'static>(
+        self: &Arc<Self>,
+        call: impl Future<Output = T> + Send + 'static,
+        failed: fn(&T) -> bool,
+    ) -> tokio::task::JoinHandle<T> {
+        let breaker = self.clone();
+        tokio::spawn(async move {
+            let outcome = call.await;
+            breaker.record(!failed(&outcome));
+            outcome
+        })
+    }
+
+    /// "Stale beats slow" for a read that has a stale answer at hand: the outcome of `call` if
+    /// it comes within `budget`, else `None` (serve the stale answer) while the call goes on in
+    /// the background. While the breaker is open, `None` at once, and `call` runs only as the
+    /// one probe (if no other is in flight).
+    async fn within<T: Send + 'static>(
+        self: &Arc<Self>,
+        budget: Duration,
+        call: impl Future<Output = T> + Send + 'static,
+        failed: fn(&T) -> bool,
+    ) -> Option<T> {
+        if self.is_open() {
+            if self.try_probe() {
+                drop(self.spawn(call, failed));
+            }
+            return None;
+        }
+        match tokio::time::timeout(budget, self.spawn(call, failed)).await {
+            Ok(outcome) => outcome.ok(),
+            Err(_) => {
+                // Slow counts as failed, before the call's own outcome is known.
+                self.record(false);
+                None
+            }
+        }
+    }
+}
+
+/// Whether a shared vendor call failed (rather than answered): counted by the breaker.
+fn shared_failed((shared, _): &(Shared, bool)) -> bool {
+    match shared {
+        Ok(response) => vendor_failed(response.status),
+        Err(err) => {
+            tracing::debug!(error = %err, "vendor call failed");
+            err.is_vendor_failure()
+        }
     }
 }
 

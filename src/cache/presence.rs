@@ -7,8 +7,13 @@
 //! a call of the app is in flight, the next batch keeps collecting until that call ends (or
 //! the batch is full): under load, calls go out about once per vendor round trip with many
 //! users each, rather than once per window with a few.
+//!
+//! Stale beats slow here too: a lookup whose missing users all have stale entries within
+//! `stale_if_error` waits at most `stale_timeout` for the vendor, through the app's presence
+//! breaker (see `Breaker` in the parent module), and answers from those entries.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -45,6 +50,22 @@ pub enum BatchOutcome {
     Refused(Arc<VendorResponse>),
     /// No answer from the vendor.
     Failed(Arc<GatewayError>),
+}
+
+impl BatchOutcome {
+    /// Whether the vendor failed (rather than answered): worth a stale answer instead.
+    fn is_vendor_failure(&self) -> bool {
+        match self {
+            BatchOutcome::Found(_) => false,
+            BatchOutcome::Refused(r) => super::vendor_failed(r.status),
+            BatchOutcome::Failed(e) => e.is_vendor_failure(),
+        }
+    }
+}
+
+/// Whether any of the outcomes of a presence fetch is a vendor failure (for the breaker).
+fn outcomes_failed((outcomes, _): &(Vec<BatchOutcome>, bool)) -> bool {
+    outcomes.iter().any(BatchOutcome::is_vendor_failure)
 }
 
 /// How a merged call ended, for every request that waited on it.
@@ -176,6 +197,8 @@ pub enum BatchError {
 impl Cache {
     /// Answers a batch get of `users` (already validated) for `app`: cached users from the
     /// cache, the others through the batcher. `caller` is the `{uid}` of the request's path.
+    /// When every user it lacks has a stale entry (within `stale_if_error`), the vendor gets
+    /// `stale_timeout` and the app's presence breaker applies, as for the other cached reads.
     pub async fn presence(
         self: &Arc<Self>,
         app: PresenceApp<'_>,
@@ -216,24 +239,18 @@ impl Cache {
                 None => missing.push(user.to_owned()),
             }
         }
+        // Looked up only off the hit path.
+        let breaker = || {
+            self.breaker(&Key {
+                kind: Kind::Presence,
+                app: app.key,
+                user: "",
+                extra: "",
+            })
+        };
         if !revalidate.is_empty() {
-            let (cache, key, instance, caller, send, sizes) = (
-                self.clone(),
-                app.key.to_owned(),
-                app.instance,
-                caller.to_owned(),
-                send.clone(),
-                sizes.clone(),
-            );
-            tokio::spawn(async move {
-                let app = PresenceApp {
-                    key: &key,
-                    instance,
-                };
-                cache
-                    .fetch_presence(app, &caller, revalidate, send, &sizes)
-                    .await;
-            });
+            let call = self.owned_fetch_presence(app, caller, revalidate, send.clone(), sizes);
+            drop(breaker().spawn(call, outcomes_failed));
         }
         let mut status = if found.values().any(|(_, stale)| *stale) {
             CacheStatus::Stale
@@ -242,31 +259,32 @@ impl Cache {
         };
         let mut fetched = HashMap::new();
         if !missing.is_empty() {
-            let (outcomes, led) = self
-                .fetch_presence(app, caller, missing.clone(), send, sizes)
-                .await;
-            status = if led {
-                CacheStatus::Miss
+            let all_stale = missing.iter().all(|u| fallback.contains_key(u.as_str()));
+            // Stale beats slow when every missing user has a stale entry to stand in (`None`:
+            // the vendor is slow, or failing and its breaker open).
+            let fetched_in_time = if all_stale {
+                let call = self.owned_fetch_presence(app, caller, missing, send, sizes);
+                breaker()
+                    .within(policy.stale_timeout, call, outcomes_failed)
+                    .await
             } else {
-                CacheStatus::Coalesced
+                Some(self.fetch_presence(app, caller, missing, send, sizes).await)
             };
-            for outcome in outcomes {
-                let failure = match outcome {
-                    BatchOutcome::Found(map) => {
-                        fetched.extend(map.iter().map(|(u, b)| (u.clone(), b.clone())));
-                        continue;
+            let mut serve_stale = fetched_in_time.is_none();
+            if let Some((outcomes, led)) = fetched_in_time {
+                status = super::led_status(led);
+                for outcome in outcomes {
+                    match outcome {
+                        BatchOutcome::Found(map) => {
+                            fetched.extend(map.iter().map(|(u, b)| (u.clone(), b.clone())));
+                        }
+                        failed if all_stale && failed.is_vendor_failure() => serve_stale = true,
+                        BatchOutcome::Refused(r) => return Err(BatchError::Vendor(r)),
+                        BatchOutcome::Failed(e) => return Err(BatchError::Gateway(e)),
                     }
-                    BatchOutcome::Refused(r) => BatchError::Vendor(r),
-                    BatchOutcome::Failed(e) => BatchError::Gateway(e),
-                };
-                // The vendor failed: stale entries may stand in for every missing user.
-                let vendor_failed = match &failure {
-                    BatchError::Vendor(r) => super::vendor_failed(r.status),
-                    BatchError::Gateway(e) => e.is_vendor_failure(),
-                };
-                if !vendor_failed || !missing.iter().all(|u| fallback.contains_key(u.as_str())) {
-                    return Err(failure);
                 }
+            }
+            if serve_stale {
                 for (user, entry) in fallback.drain() {
                     found.insert(user, (entry, true));
                 }
@@ -407,6 +425,34 @@ impl Cache {
             }
         }
         (outcomes, led)
+    }
+
+    /// [`Cache::fetch_presence`] as a future that owns what it needs, so that it can run in a
+    /// task of its own (a revalidation, or a call that outlasts the stale timeout).
+    fn owned_fetch_presence(
+        self: &Arc<Self>,
+        app: PresenceApp<'_>,
+        caller: &str,
+        users: Vec<String>,
+        send: SendBatch,
+        sizes: &prometheus::Histogram,
+    ) -> impl Future<Output = (Vec<BatchOutcome>, bool)> + Send + 'static {
+        let (cache, key, instance, caller, sizes) = (
+            self.clone(),
+            app.key.to_owned(),
+            app.instance,
+            caller.to_owned(),
+            sizes.clone(),
+        );
+        async move {
+            let app = PresenceApp {
+                key: &key,
+                instance,
+            };
+            cache
+                .fetch_presence(app, &caller, users, send, &sizes)
+                .await
+        }
     }
 
     /// Flushes the batch whose outcome `receiver` awaits once the window passes (or it fills).

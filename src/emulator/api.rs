@@ -227,7 +227,7 @@ pub(super) fn issue_token(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<HttpResponse, VendorError> {
-    if !vendor::content_type_accepted(Endpoint::Token, headers) {
+    if !vendor::content_type_accepted(Endpoint::Token, headers, !body.is_empty()) {
         return Err(unsupported_media_type());
     }
     let request = parse_json(body)?;

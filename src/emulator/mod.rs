@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::request::Parts;
 use http::{header, Method};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::Request;
 use rand::Rng;
 use tokio::net::TcpListener;
@@ -216,7 +216,7 @@ impl Emulator {
             return api::issue_token(app, &parts.headers, &body);
         }
         app.authenticate(parts)?;
-        if !vendor::content_type_accepted(route.endpoint, &parts.headers) {
+        if !vendor::content_type_accepted(route.endpoint, &parts.headers, !body.is_end_stream()) {
             return Err(api::unsupported_media_type());
         }
         app.admit(route.endpoint)?;

@@ -3,6 +3,7 @@
 
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::route::encode_segment;
 use crate::vendor::VendorKind;
 
 /// The credentials of an app, per vendor.
@@ -75,6 +76,17 @@ impl Credentials {
                     && ttl_secs == t2
             }
             _ => false,
+        }
+    }
+
+    /// The app's path prefix as the vendor knows it (`/app-id/{id}` or `/{org}/{app}`),
+    /// percent-encoded: what every call of the app starts with.
+    pub fn prefix(&self) -> String {
+        match self {
+            Credentials::Agora { app_id, .. } => format!("/app-id/{}", encode_segment(app_id)),
+            Credentials::Easemob { org, app, .. } => {
+                format!("/{}/{}", encode_segment(org), encode_segment(app))
+            }
         }
     }
 

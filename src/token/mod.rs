@@ -27,9 +27,9 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Uri};
+use http::{Method, Request, StatusCode, Uri};
 use http_body_util::Full;
-use prometheus::{Gauge, Histogram, IntCounter, IntCounterVec};
+use prometheus::{Gauge, HistogramVec, IntCounter, IntCounterVec};
 use rand::Rng;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
@@ -85,21 +85,24 @@ pub struct TokenMetrics {
     pub error: IntCounter,
     /// `imgate_token_expiry_timestamp_seconds`.
     pub expiry: Gauge,
-    /// `imgate_upstream_requests_total{endpoint="token"}` of this app, by status: an Easemob
-    /// token fetch is a vendor call like any other.
+    /// `imgate_upstream_requests_total`: an Easemob token fetch (endpoint `token`) and a
+    /// readiness probe are vendor calls like any other.
     pub fetches: IntCounterVec,
-    /// `imgate_upstream_request_duration_seconds{endpoint="token"}` of this app.
-    pub fetch_duration: Histogram,
-    /// The app's name (the `app` label of `fetches`).
+    /// `imgate_upstream_request_duration_seconds`.
+    pub durations: HistogramVec,
+    /// The app's name (the `app` label of both).
     pub app: String,
 }
 
 impl TokenMetrics {
-    fn fetched(&self, status: &str, seconds: f64) {
+    fn called(&self, endpoint: Endpoint, status: &str, seconds: f64) {
+        let app = self.app.as_str();
         self.fetches
-            .with_label_values(&[self.app.as_str(), Endpoint::Token.name(), status])
+            .with_label_values(&[app, endpoint.name(), status])
             .inc();
-        self.fetch_duration.observe(seconds);
+        self.durations
+            .with_label_values(&[app, endpoint.name()])
+            .observe(seconds);
     }
 }
 
@@ -212,6 +215,11 @@ pub struct TokenSource {
     shared: Option<TokenStore>,
     /// Why the last renewal failed, until one succeeds (for readiness).
     last_failure: std::sync::Mutex<Option<String>>,
+    /// Set while the vendor refuses even renewed tokens of the app (401): its credentials are
+    /// wrong at the vendor (an Agora certificate changed in the console), which no renewal can
+    /// mend. The reason is in `refusal`.
+    refused: AtomicBool,
+    refusal: std::sync::Mutex<Option<String>>,
 }
 
 impl TokenSource {
@@ -238,6 +246,8 @@ impl TokenSource {
             wake: Notify::new(),
             shared,
             last_failure: std::sync::Mutex::new(None),
+            refused: AtomicBool::new(false),
+            refusal: std::sync::Mutex::new(None),
         })
     }
 
@@ -267,16 +277,18 @@ impl TokenSource {
             .is_some_and(|t| t.is_valid(Instant::now()))
     }
 
-    /// `Ok` while a valid token is held; else why not (the last renewal's failure).
+    /// `Ok` while a valid token is held and the vendor takes it; else why not (the vendor's
+    /// refusal, or the last renewal's failure).
     pub fn readiness(&self) -> Result<(), String> {
+        if self.refused.load(Ordering::Acquire) {
+            if let Some(refusal) = lock(&self.refusal).clone() {
+                return Err(refusal);
+            }
+        }
         if self.is_ready() {
             return Ok(());
         }
-        let failure = self
-            .last_failure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let failure = lock(&self.last_failure).clone();
         Err(failure.unwrap_or_else(|| "no app token obtained yet".to_owned()))
     }
 
@@ -327,6 +339,37 @@ impl TokenSource {
             self.wake.notify_one();
         }
         renewed
+    }
+
+    /// Notes the vendor's answer to a call made with the app's token. A 401 to a `renewed`
+    /// token (the replacement of one it refused) means the vendor refuses the app's
+    /// credentials themselves: the app is not ready, and the background task probes the vendor
+    /// until it takes the token again. Any answer past the vendor's authentication (not 401,
+    /// 429 or 5xx) shows that it does.
+    pub fn note_answer(&self, status: StatusCode, body: &[u8], renewed: bool) {
+        if status == StatusCode::UNAUTHORIZED {
+            if renewed {
+                let error = serde_json::from_slice::<Value>(body)
+                    .ok()
+                    .and_then(|v| v["error"].as_str().map(str::to_owned))
+                    .unwrap_or_else(|| "no error name".to_owned());
+                let why = format!(
+                    "the vendor refuses even a renewed app token (401 {error}): are the app's \
+                     credentials the vendor's?"
+                );
+                *lock(&self.refusal) = Some(why);
+                if !self.refused.swap(true, Ordering::AcqRel) {
+                    tracing::warn!(app = %self.app, error = %error, "the vendor refuses renewed app tokens");
+                    self.wake.notify_one();
+                }
+            }
+        } else if !(status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS)
+            // A load, not a lock, for every answer while all is well.
+            && self.refused.load(Ordering::Acquire)
+            && self.refused.swap(false, Ordering::AcqRel)
+        {
+            tracing::info!(app = %self.app, "the vendor takes the app token again");
+        }
     }
 
     /// Obtains a new token now, whatever the state of the current one, within the app's budget
@@ -393,14 +436,27 @@ impl TokenSource {
     }
 
     async fn renew_in_background(self: Arc<Self>) {
+        let mut probes = 0;
         while !self.retired.load(Ordering::Acquire) {
-            let wait = self
-                .next_renewal()
-                .await
-                .saturating_duration_since(Instant::now());
+            let refused = self.refused.load(Ordering::Acquire);
+            let wait = if refused {
+                self.backoff(probes)
+            } else {
+                probes = 0;
+                self.next_renewal()
+                    .await
+                    .saturating_duration_since(Instant::now())
+            };
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 () = self.wake.notified() => continue,
+            }
+            if refused {
+                // Without it an app no load balancer sends traffic to (it is not ready) would
+                // never be found ready again.
+                probes += 1;
+                self.probe().await;
+                continue;
             }
             let mut renewals = self.renewals.lock().await;
             let due = self
@@ -415,6 +471,46 @@ impl TokenSource {
                 }
             }
         }
+    }
+
+    /// Asks the vendor whether it takes the app's token now, with one harmless read: the
+    /// offline count of a user that need not exist (any answer past authentication will do).
+    /// One call per backoff step, only while the vendor refuses the app's tokens.
+    async fn probe(&self) {
+        let Ok(token) = self.token().await else {
+            return;
+        };
+        let path = format!(
+            "{}/users/{PROBE_USER}/offline_msg_count",
+            self.credentials.prefix()
+        );
+        let Ok(uri) = vendor_uri(&self.base, &path) else {
+            return;
+        };
+        let request = Request::get(uri)
+            .header(header::ACCEPT, "application/json")
+            .header(header::AUTHORIZATION, token.header.clone())
+            .body(Full::new(Bytes::new()));
+        let Ok(request) = request else {
+            return;
+        };
+        let started = Instant::now();
+        let result = self.upstream.send(request).await;
+        let seconds = started.elapsed().as_secs_f64();
+        self.metrics
+            .called(Endpoint::OfflineMsgCount, status_label(&result), seconds);
+        match result {
+            Ok(response) => self.note_answer(response.status, &response.body, true),
+            Err(err) => tracing::debug!(app = %self.app, error = %err, "readiness probe failed"),
+        }
+    }
+
+    /// The wait before retry number `attempt + 1`: `retry_initial`, doubling up to `retry_max`.
+    fn backoff(&self, attempt: u32) -> Duration {
+        self.policy
+            .retry_initial
+            .saturating_mul(1 << attempt.min(15))
+            .min(self.policy.retry_max)
     }
 
     async fn next_renewal(&self) -> Instant {
@@ -465,21 +561,16 @@ impl TokenSource {
             Ok(token) => {
                 renewals.failures = 0;
                 renewals.not_before = None;
-                *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                *lock(&self.last_failure) = None;
                 self.metrics.success.inc();
                 Ok(token)
             }
             Err(err) => {
                 renewals.failures += 1;
-                let backoff = self
-                    .policy
-                    .retry_initial
-                    .saturating_mul(1 << renewals.failures.min(16).saturating_sub(1))
-                    .min(self.policy.retry_max);
+                let backoff = self.backoff(renewals.failures - 1);
                 renewals.not_before = Some(Instant::now() + backoff);
                 self.metrics.error.inc();
-                *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some(err.to_string());
+                *lock(&self.last_failure) = Some(err.to_string());
                 Err(err)
             }
         }
@@ -545,8 +636,9 @@ impl TokenSource {
         let requested_at = Instant::now();
         let requested_unix_ms = vendor::now_millis();
         let result = self.upstream.send(request).await;
+        let seconds = requested_at.elapsed().as_secs_f64();
         self.metrics
-            .fetched(status_label(&result), requested_at.elapsed().as_secs_f64());
+            .called(Endpoint::Token, status_label(&result), seconds);
         let response = result?;
         let parsed: Value = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
         let rejected = |error: &str| TokenError::Rejected {
@@ -607,6 +699,15 @@ impl TokenSource {
 
 const MINUTE: Duration = Duration::from_secs(60);
 
+/// The user whose offline count a readiness probe reads (it need not exist: a 404 past the
+/// vendor's authentication shows the token is taken).
+const PROBE_USER: &str = "imgate-readiness-probe";
+
+/// Locks a mutex of plain data, which a panic elsewhere cannot leave inconsistent.
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Drops the instants of `window` that are a minute old or older (oldest first).
 fn forget_older_than_a_minute(window: &mut VecDeque<Instant>, now: Instant) {
     let minute_ago = now.checked_sub(MINUTE);
@@ -651,7 +752,11 @@ mod tests {
                 &["app", "endpoint", "status"],
             )
             .unwrap(),
-            fetch_duration: Histogram::with_opts(prometheus::HistogramOpts::new("d", "d")).unwrap(),
+            durations: HistogramVec::new(
+                prometheus::HistogramOpts::new("d", "d"),
+                &["app", "endpoint"],
+            )
+            .unwrap(),
             app: "t".into(),
         };
         // Port 9 (discard) on loopback: nothing listens, so fetches fail fast.
@@ -743,6 +848,30 @@ mod tests {
             "the second 401 reuses the first renewal"
         );
         assert_eq!(s.metrics.success.get(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_refused_renewal_makes_the_app_unready_until_an_answer_past_auth() {
+        let s = source(agora(), TokenPolicy::default());
+        s.token().await.unwrap();
+        let refused = br#"{"error":"auth_bad_access_token"}"#;
+        s.note_answer(StatusCode::UNAUTHORIZED, refused, false);
+        assert!(s.readiness().is_ok(), "a first 401 is renewed, not judged");
+        s.note_answer(StatusCode::UNAUTHORIZED, refused, true);
+        let reason = s.readiness().unwrap_err();
+        assert!(reason.contains("401 auth_bad_access_token"), "{reason}");
+        for unknown in [
+            StatusCode::SERVICE_UNAVAILABLE,
+            StatusCode::TOO_MANY_REQUESTS,
+        ] {
+            s.note_answer(unknown, b"", false);
+            assert!(
+                s.readiness().is_err(),
+                "{unknown} says nothing of the token"
+            );
+        }
+        s.note_answer(StatusCode::NOT_FOUND, b"", false);
+        assert!(s.readiness().is_ok());
     }
 
     #[tokio::test]
