@@ -332,8 +332,12 @@ fn new_gateway(
             .register(Box::new(logging.dropped_lines()))
             .map_err(metrics_error)?;
     }
-    Gateway::new(settings, registry, config)
-        .map_err(|e| CliError::Runtime(format!("cannot start: {e}")))
+    let gateway = Gateway::new(settings, registry, config)
+        .map_err(|e| CliError::Runtime(format!("cannot start: {e}")))?;
+    if let Some(log) = logging.and_then(Logging::access_log) {
+        gateway.log_access_to(log);
+    }
+    Ok(gateway)
 }
 
 fn agora_token(args: AgoraTokenArgs) -> Result<(), CliError> {

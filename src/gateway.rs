@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -23,6 +23,7 @@ use crate::cluster::token_store::TokenStore;
 use crate::cluster::{Cluster, ClusterError};
 use crate::config::{vendor_identity, ConfigErrors, RawConfig, Settings};
 use crate::limit::{Permits, VendorQuota, WaitPolicy};
+use crate::logging::AccessLog;
 use crate::metrics::Metrics;
 use crate::route::{AppRef, Endpoint};
 use crate::server::{ConnLimits, TlsConfig};
@@ -204,6 +205,8 @@ pub struct Gateway {
     config_path: Option<PathBuf>,
     current: ArcSwap<Snapshot>,
     reloading: tokio::sync::Mutex<()>,
+    /// The access log's direct writer, when the process logs JSON ([`Gateway::log_access_to`]).
+    access_log: OnceLock<AccessLog>,
 }
 
 impl Gateway {
@@ -249,6 +252,7 @@ impl Gateway {
                 client_token_ttl: Duration::ZERO,
             }),
             reloading: tokio::sync::Mutex::new(()),
+            access_log: OnceLock::new(),
         });
         if let Some(cluster) = &gateway.cluster {
             cluster.start();
@@ -256,6 +260,16 @@ impl Gateway {
         let (snapshot, _) = gateway.build_snapshot(settings, &[]);
         gateway.current.store(Arc::new(snapshot));
         Ok(gateway)
+    }
+
+    /// Writes the access log straight to `log` from now on (JSON logs; once, at start).
+    pub fn log_access_to(&self, log: AccessLog) {
+        let _ = self.access_log.set(log);
+    }
+
+    /// The access log's direct writer, if any.
+    pub fn access_log(&self) -> Option<&AccessLog> {
+        self.access_log.get()
     }
 
     /// Whether shutdown has begun (readiness fails from then on).

@@ -19,9 +19,8 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{IntCounter, Opts};
 use serde_json::Value;
-use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
-use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
+use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::fmt::format::{Format, Json, JsonFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
@@ -31,7 +30,7 @@ use crate::config::LogFormat;
 /// The target of events whose JSON-array text fields are written as arrays in JSON logs.
 pub const LISTS_TARGET: &str = "imgate::config";
 
-/// The target of the access log: one line per request, written by [`AccessLine`].
+/// The target of the access log: one line per request ([`access`]).
 pub const ACCESS_TARGET: &str = "imgate::access";
 
 /// Lines the writer's queue holds before new ones are dropped.
@@ -45,12 +44,19 @@ const WRITE_BUFFER: usize = 64 * 1024;
 pub struct Logging {
     _flush_on_drop: WorkerGuard,
     dropped: ErrorCounter,
+    /// The writer the JSON access log goes to directly; `None` for text logs.
+    access: Option<NonBlocking>,
 }
 
 impl Logging {
     /// The metric of lines dropped because the writer fell behind, for a metrics registry.
     pub fn dropped_lines(&self) -> DroppedLines {
         DroppedLines::new(self.dropped.clone())
+    }
+
+    /// The access log's direct writer, with JSON logs (text logs go through `tracing`).
+    pub fn access_log(&self) -> Option<AccessLog> {
+        self.access.clone().map(|writer| AccessLog { writer })
     }
 }
 
@@ -72,6 +78,7 @@ pub fn init(format: LogFormat, level: &str) -> Option<Logging> {
             std::io::stdout(),
         ));
     let dropped = writer.error_counter();
+    let access = (format == LogFormat::Json).then(|| writer.clone());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
@@ -88,6 +95,7 @@ pub fn init(format: LogFormat, level: &str) -> Option<Logging> {
     installed.ok().map(|()| Logging {
         _flush_on_drop: guard,
         dropped,
+        access,
     })
 }
 
@@ -105,10 +113,8 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        match event.metadata().target() {
-            ACCESS_TARGET => return AccessLine::write(&mut writer, event),
-            LISTS_TARGET => {}
-            _ => return self.0.format_event(ctx, writer, event),
+        if event.metadata().target() != LISTS_TARGET {
+            return self.0.format_event(ctx, writer, event);
         }
         let mut line = String::new();
         self.0.format_event(ctx, Writer::new(&mut line), event)?;
@@ -122,77 +128,128 @@ where
     }
 }
 
-/// An access-log line in JSON, written field by field, in the shape of the other lines
-/// (`timestamp`, `level`, the fields in order, `target`). The generic formatter goes through
-/// serde and checks UTF-8 on every write: it cost more than the cache hit it logged.
-struct AccessLine<'w, 'a> {
-    writer: &'w mut Writer<'a>,
-    result: fmt::Result,
+/// What one request did, for its access-log line.
+#[derive(Debug, Clone, Copy)]
+pub struct AccessRecord<'a> {
+    /// `X-Request-Id`.
+    pub request_id: &'a str,
+    /// The W3C trace id.
+    pub trace_id: &'a str,
+    /// The client's name, or `-`.
+    pub client: &'a str,
+    /// The app's name, or `-`.
+    pub app: &'a str,
+    /// The endpoint's name, or `-`.
+    pub endpoint: &'a str,
+    /// The request method.
+    pub method: &'a str,
+    /// The answer's status.
+    pub status: u16,
+    /// The cache's result, for cached reads.
+    pub cache: Option<&'a str>,
+    /// The vendor's status, when the vendor was called.
+    pub vendor_status: Option<u16>,
+    /// Milliseconds spent on the vendor.
+    pub vendor_ms: f64,
+    /// Milliseconds in all.
+    pub total_ms: f64,
 }
 
-impl<'w, 'a> AccessLine<'w, 'a> {
-    fn write(writer: &'w mut Writer<'a>, event: &Event<'_>) -> fmt::Result {
-        writer.write_str("{\"timestamp\":\"")?;
-        write_timestamp(writer, std::time::SystemTime::now())?;
-        writer.write_str("\",\"level\":\"")?;
-        writer.write_str(event.metadata().level().as_str())?;
-        writer.write_char('"')?;
-        let mut line = AccessLine {
-            writer,
-            result: Ok(()),
-        };
-        event.record(&mut line);
-        line.result?;
-        line.writer.write_str(",\"target\":")?;
-        write_json_str(line.writer, event.metadata().target())?;
-        line.writer.write_str("}\n")
-    }
+/// The JSON access log's own writer: a line per request written straight from its record, in
+/// the shape `tracing`'s JSON formatter gives every other line (`timestamp`, `level`, the fields
+/// in order, `target`), onto the same non-blocking queue. Through `tracing`, field dispatch and
+/// serde cost more than the cache hit the line logs.
+#[derive(Clone)]
+pub struct AccessLog {
+    writer: NonBlocking,
+}
 
-    /// `,"name":` then the value written by `value`.
-    fn field(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'a>) -> fmt::Result) {
-        if self.result.is_ok() {
-            self.result = self
-                .writer
-                .write_char(',')
-                .and_then(|()| write_json_str(self.writer, field.name()))
-                .and_then(|()| self.writer.write_char(':'))
-                .and_then(|()| value(self.writer));
+/// Writes the access-log line of `record` if the log filter lets `imgate::access` info through:
+/// by `log`'s direct writer when there is one (JSON logs), else through `tracing`.
+pub fn access(log: Option<&AccessLog>, record: &AccessRecord<'_>) {
+    if !tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO) {
+        return;
+    }
+    match log {
+        Some(log) => log.write(record),
+        None => tracing::info!(
+            target: ACCESS_TARGET,
+            request_id = record.request_id,
+            trace_id = record.trace_id,
+            client = record.client,
+            app = record.app,
+            endpoint = record.endpoint,
+            method = record.method,
+            status = record.status,
+            cache = record.cache,
+            vendor_status = record.vendor_status,
+            vendor_ms = record.vendor_ms,
+            total_ms = record.total_ms,
+        ),
+    }
+}
+
+impl AccessLog {
+    fn write(&self, record: &AccessRecord<'_>) {
+        thread_local! {
+            static LINE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+        }
+        LINE.with_borrow_mut(|line| {
+            line.clear();
+            if access_json(line, record, std::time::SystemTime::now()).is_ok() {
+                // Lossy: a full queue drops the line and counts it, never blocks.
+                let _ = std::io::Write::write_all(&mut self.writer.clone(), line.as_bytes());
+            }
+        });
+    }
+}
+
+/// The JSON line of `record` at `time`.
+fn access_json(out: &mut String, r: &AccessRecord<'_>, time: std::time::SystemTime) -> fmt::Result {
+    out.push_str("{\"timestamp\":\"");
+    write_timestamp(out, time)?;
+    out.push_str("\",\"level\":\"INFO\"");
+    let strings = [
+        ("request_id", r.request_id),
+        ("trace_id", r.trace_id),
+        ("client", r.client),
+        ("app", r.app),
+        ("endpoint", r.endpoint),
+        ("method", r.method),
+    ];
+    for (name, value) in strings {
+        json_key(out, name);
+        write_json_str(out, value)?;
+    }
+    json_key(out, "status");
+    out.push_str(itoa::Buffer::new().format(r.status));
+    if let Some(cache) = r.cache {
+        json_key(out, "cache");
+        write_json_str(out, cache)?;
+    }
+    if let Some(status) = r.vendor_status {
+        json_key(out, "vendor_status");
+        out.push_str(itoa::Buffer::new().format(status));
+    }
+    for (name, value) in [("vendor_ms", r.vendor_ms), ("total_ms", r.total_ms)] {
+        json_key(out, name);
+        // As serde_json: the shortest form that reads back the same, null when not finite.
+        match value.is_finite() {
+            true => out.push_str(ryu::Buffer::new().format_finite(value)),
+            false => out.push_str("null"),
         }
     }
+    out.push_str(",\"target\":\"");
+    out.push_str(ACCESS_TARGET);
+    out.push_str("\"}\n");
+    Ok(())
 }
 
-impl Visit for AccessLine<'_, '_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.field(field, |w| write_json_str(w, value));
-    }
-
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        self.field(field, |w| w.write_str(itoa::Buffer::new().format(value)));
-    }
-
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.field(field, |w| w.write_str(itoa::Buffer::new().format(value)));
-    }
-
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        // As serde_json: finite numbers as the shortest round-trip form, others as null.
-        self.field(field, |w| match value.is_finite() {
-            true => w.write_str(ryu::Buffer::new().format_finite(value)),
-            false => w.write_str("null"),
-        });
-    }
-
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.field(field, |w| w.write_str(if value { "true" } else { "false" }));
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.field(field, |w| {
-            w.write_char('"')?;
-            write!(JsonEscaped(w), "{value:?}")?;
-            w.write_char('"')
-        });
-    }
+/// `,"name":` (names are constants with nothing to escape).
+fn json_key(out: &mut String, name: &str) {
+    out.push_str(",\"");
+    out.push_str(name);
+    out.push_str("\":");
 }
 
 /// A JSON string: quoted, with quotes, backslashes and control characters escaped.
@@ -435,46 +492,46 @@ mod tests {
     }
 
     #[test]
-    fn the_access_line_is_what_the_generic_json_formatter_writes() {
-        let emit = || {
-            let none: Option<u16> = None;
-            tracing::info!(
-                target: "imgate::access",
-                request_id = "a\"b\\c\n\u{1}张",
-                client = "demo",
-                method = %http::Method::GET,
-                status = 200u16,
-                cache = Some("hit"),
-                vendor_status = none,
-                vendor_ms = 0.0,
-                total_ms = millis(0.000_035),
-                signed = -3i64,
-                flag = true,
+    fn the_direct_access_line_is_what_the_generic_json_formatter_writes() {
+        for (cache, vendor_status) in [(Some("hit"), None), (None, Some(503))] {
+            let record = AccessRecord {
+                request_id: "a\"b\\c\n\u{1}张",
+                trace_id: "4bf92f3577b34da6a3ce929d0e0e4736",
+                client: "demo",
+                app: "agora-demo",
+                endpoint: "offline_msg_count",
+                method: "GET",
+                status: 200,
+                cache,
+                vendor_status,
+                vendor_ms: 0.0,
+                total_ms: millis(0.000_035),
+            };
+            let generic = tracing_subscriber::fmt::format().json().flatten_event(true);
+            let slow = formatted(generic, || access(None, &record));
+            let mut fast = String::new();
+            access_json(&mut fast, &record, std::time::SystemTime::now()).unwrap();
+            assert!(fast.ends_with('\n') && fast.lines().count() == 1, "{fast}");
+            let parse = |line: &str| {
+                serde_json::from_str::<serde_json::Map<String, Value>>(line).expect("JSON")
+            };
+            let (mut fast, mut slow) = (parse(&fast), parse(&slow));
+            let (fast_time, slow_time) = (fast.remove("timestamp"), slow.remove("timestamp"));
+            let (fast_time, slow_time) = (fast_time.unwrap(), slow_time.unwrap());
+            assert_eq!(
+                fast_time.as_str().unwrap().len(),
+                slow_time.as_str().unwrap().len()
             );
-        };
-        let generic = || tracing_subscriber::fmt::format().json().flatten_event(true);
-        let fast = formatted(JsonLines(generic()), emit);
-        let slow = formatted(generic(), emit);
-        assert!(fast.ends_with('\n') && fast.lines().count() == 1, "{fast}");
-        let parse = |line: &str| {
-            serde_json::from_str::<serde_json::Map<String, Value>>(line).expect("a JSON object")
-        };
-        let (mut fast, mut slow) = (parse(&fast), parse(&slow));
-        let (fast_time, slow_time) = (fast.remove("timestamp"), slow.remove("timestamp"));
-        let (fast_time, slow_time) = (fast_time.unwrap(), slow_time.unwrap());
-        assert_eq!(
-            fast_time.as_str().unwrap().len(),
-            slow_time.as_str().unwrap().len()
-        );
-        assert_eq!(
-            fast_time.as_str().unwrap()[..16],
-            slow_time.as_str().unwrap()[..16]
-        );
-        assert_eq!(fast, slow);
-        let keys = |m: &serde_json::Map<String, Value>| m.keys().cloned().collect::<Vec<_>>();
-        assert_eq!(keys(&fast), keys(&slow), "the same order");
-        assert_eq!(fast["request_id"], "a\"b\\c\n\u{1}张");
-        assert_eq!(fast["total_ms"], 0.035);
+            assert_eq!(
+                fast_time.as_str().unwrap()[..16],
+                slow_time.as_str().unwrap()[..16]
+            );
+            assert_eq!(fast, slow);
+            let keys = |m: &serde_json::Map<String, Value>| m.keys().cloned().collect::<Vec<_>>();
+            assert_eq!(keys(&fast), keys(&slow), "the same order");
+            assert_eq!(fast["request_id"], "a\"b\\c\n\u{1}张");
+            assert_eq!(fast["total_ms"], 0.035);
+        }
     }
 
     #[test]

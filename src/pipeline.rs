@@ -40,6 +40,7 @@ use crate::error::GatewayError;
 use crate::forward::{VendorCall, X_REQUEST_ID};
 use crate::gateway::{App, Gateway, Snapshot};
 use crate::limit::{retry_after_secs, Permit};
+use crate::logging::{self, AccessRecord};
 use crate::metrics::Scope;
 use crate::route::{self, Endpoint, Route};
 use crate::server::{self, BodyError, HttpResponse};
@@ -142,20 +143,20 @@ pub async fn handle(
         gateway.metrics.cache_lookup(endpoint, cache);
         app.record_cache(endpoint, cache);
     }
-    tracing::info!(
-        target: "imgate::access",
-        request_id = request_id.to_str().unwrap_or("-"),
-        trace_id = trace_context.trace_id(),
-        client = trace.client,
-        app = trace.app(),
-        endpoint = trace.endpoint(),
-        method = %method,
-        status = status.as_u16(),
-        cache = trace.cache.map(CacheStatus::label),
-        vendor_status = trace.vendor_status,
-        vendor_ms = crate::logging::millis(trace.vendor_seconds),
-        total_ms = crate::logging::millis(seconds),
-    );
+    let record = AccessRecord {
+        request_id: request_id.to_str().unwrap_or("-"),
+        trace_id: trace_context.trace_id(),
+        client: trace.client,
+        app: trace.app(),
+        endpoint: trace.endpoint(),
+        method: method.as_str(),
+        status: status.as_u16(),
+        cache: trace.cache.map(CacheStatus::label),
+        vendor_status: trace.vendor_status,
+        vendor_ms: logging::millis(trace.vendor_seconds),
+        total_ms: logging::millis(seconds),
+    };
+    logging::access(gateway.access_log(), &record);
     response
 }
 
