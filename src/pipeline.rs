@@ -108,7 +108,17 @@ pub async fn handle(
         request: &request_id,
         trace: trace_context,
     };
-    let mut response = match process(gateway, &snapshot, req, peer.ip(), &ids, &mut trace).await {
+    // Boxed: hyper moves the request's future around, and the request path's state is
+    // kilobytes; one allocation costs less than copying it on every move.
+    let processed = Box::pin(process(
+        gateway,
+        &snapshot,
+        req,
+        peer.ip(),
+        &ids,
+        &mut trace,
+    ));
+    let mut response = match processed.await {
         Ok(response) => response,
         Err(err) => {
             // Quota refusals are counted in metrics; under overload a line each would flood.
