@@ -8,6 +8,8 @@
 #   bash benches/cache.sh                 # 10 s per run, about 2 minutes in all
 #   DURATION=5 bash benches/cache.sh      # shorter (keep it under ~50 s: the caches hold 60 s)
 #   CONNS=128 bash benches/cache.sh       # connections per run (default 64), same for every server
+#   ROUNDS=3 bash benches/cache.sh        # every server 3 times, in alternating order; the
+#                                         # ratios use each server's median (a noisy machine)
 #
 # Installs wrk, nginx and haproxy from the distribution's packages when missing; runs nginx and
 # HAProxy as foreground processes of this script with their configuration, cache and pid files
@@ -41,6 +43,7 @@ cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin:/sbin"
 DURATION=${DURATION:-10}
 CONNS=${CONNS:-64}
+ROUNDS=${ROUNDS:-1}
 CORES=$(nproc)
 THREADS=$((CORES < CONNS ? CORES : CONNS))
 KEYS=1000
@@ -283,7 +286,14 @@ other_cpu() {
     END { printf "%d%%", (sum > 0 ? 100 * sum / ticks / secs / cores : 0) }' "$1" "$2"
 }
 
-declare -A RPS P99 CALLS OTHER
+# RPS and P99 hold the median over the rounds so far (the row of a single round is its own).
+declare -A RPS P99 RPS_ALL P99_ALL CALLS OTHER
+
+# median "A B C…" → the middle value (the mean of the two middle ones for an even count).
+median() {
+  tr ' ' '\n' <<<"$1" | awk 'NF' | sort -g | awk '{ v[NR] = $1 } END {
+    if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
 # run SCENARIO NAME ADDR: warm, then wrk for DURATION; prints one row.
 run() {
   local scenario=$1 name=$2 addr=$3 out before after script=()
@@ -302,8 +312,10 @@ run() {
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
   bad=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
   errors=$(awk '/Socket errors/ {gsub(",", ""); print $4 + $6 + $8 + $10}' <<<"$out")
-  RPS[$scenario.$name]=$rps
-  P99[$scenario.$name]=$(to_us "$p99")
+  RPS_ALL[$scenario.$name]+=" $rps"
+  P99_ALL[$scenario.$name]+=" $(to_us "$p99")"
+  RPS[$scenario.$name]=$(median "${RPS_ALL[$scenario.$name]}")
+  P99[$scenario.$name]=$(median "${P99_ALL[$scenario.$name]}")
   if [ "$name" = ceiling ]; then CALLS[$scenario.$name]=-; else CALLS[$scenario.$name]=$((after - before)); fi
   printf '%-10s %12s %10s %10s %8s %8s %13s %10s\n' "$name" "$rps" "$p50" "$p99" "${bad:-0}" "${errors:-0}" \
     "${CALLS[$scenario.$name]}" "${OTHER[$scenario.$name]}"
@@ -346,11 +358,26 @@ for scenario in hot keys; do
   echo
   if [ "$scenario" = hot ]; then echo "(a) one hot key"; else echo "(b) $KEYS warm keys, one picked at random per request"; fi
   printf '%-10s %12s %10s %10s %8s %8s %13s %10s\n' server "req/s" p50 p99 non-2xx errors "vendor calls" "other CPU"
-  run "$scenario" imgate "$GW"
-  run "$scenario" imgate+log "$GW_LOG"
-  run "$scenario" nginx "$NGINX"
-  run "$scenario" haproxy "$HAPROXY"
-  run "$scenario" ceiling "$CEILING"
+  order=("imgate $GW" "imgate+log $GW_LOG" "nginx $NGINX" "haproxy $HAPROXY" "ceiling $CEILING")
+  for round in $(seq "$ROUNDS"); do
+    ((ROUNDS > 1)) && echo "round $round"
+    for entry in "${order[@]}"; do
+      # shellcheck disable=SC2086 # "name addr"
+      run "$scenario" $entry
+    done
+    # Every round in the opposite order: drift of the machine during a round evens out.
+    for ((i = 0, j = ${#order[@]} - 1; i < j; i++, j--)); do
+      entry=${order[i]}
+      order[i]=${order[j]}
+      order[j]=$entry
+    done
+  done
+  if ((ROUNDS > 1)); then
+    echo "median of $ROUNDS rounds"
+    for name in imgate imgate+log nginx haproxy ceiling; do
+      printf '%-10s %12s %10s %10sus\n' "$name" "${RPS[$scenario.$name]}" "" "${P99[$scenario.$name]}"
+    done
+  fi
   summary "$scenario"
 done
 echo
