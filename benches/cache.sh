@@ -83,26 +83,8 @@ CEILING_BIN=$(cargo build --release --locked -q --bench ceiling --message-format
   sed -n 's/.*"executable":"\([^"]*ceiling[^"]*\)".*/\1/p' | tail -n1)
 [ -x "$CEILING_BIN" ] || { echo "cache.sh: no ceiling executable built" >&2; exit 1; }
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-# wait_ok URL [CURL ARGS…]: until URL answers 200, at most 10 s.
-wait_ok() {
-  local url=$1
-  shift
-  for _ in $(seq 100); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$@" "$url" 2>/dev/null)" = 200 ] && return 0
-    sleep 0.1
-  done
-  echo "cache.sh: $url did not answer 200 within 10 s" >&2
-  exit 1
-}
+# shellcheck source=benches/common.sh
+. benches/common.sh
 
 RUST_LOG=warn "$BIN" emulator --config benches/emulator.toml --listen "$EMU" & pids+=($!)
 wait_ok "http://$EMU/__emulator/stats"

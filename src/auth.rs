@@ -431,13 +431,7 @@ mod tests {
     }
 
     fn credentials(secret: &str) -> Credentials {
-        Credentials::Easemob {
-            org: "o".into(),
-            app: "a".into(),
-            client_id: "id".into(),
-            client_secret: SecretString::from(secret.to_owned()),
-            ttl_secs: None,
-        }
+        Credentials::easemob_for_tests(secret)
     }
 
     /// Keys derived from the credentials of apps `a` and `b` (secrets `sa` and `sb`).

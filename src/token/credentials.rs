@@ -100,6 +100,18 @@ impl Credentials {
 }
 
 impl Credentials {
+    /// Easemob credentials of app `o/a` with `secret`, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn easemob_for_tests(secret: &str) -> Credentials {
+        Credentials::Easemob {
+            org: "o".into(),
+            app: "a".into(),
+            client_id: "id".into(),
+            client_secret: SecretString::from(secret.to_owned()),
+            ttl_secs: None,
+        }
+    }
+
     /// A 32-byte key for `purpose`, derived (HKDF-SHA256) from the app's secret and bound to
     /// its identity: stable as long as the credentials are, different for every purpose and app,
     /// and useless for recovering the secret.
@@ -136,21 +148,17 @@ impl Credentials {
 mod tests {
     use super::*;
 
-    fn easemob(secret: &str) -> Credentials {
-        Credentials::Easemob {
-            org: "o".into(),
-            app: "a".into(),
-            client_id: "id".into(),
-            client_secret: SecretString::from(secret.to_owned()),
-            ttl_secs: None,
-        }
-    }
-
     #[test]
     fn derived_keys_are_stable_and_differ_by_secret_and_purpose() {
-        let a = easemob("secret-1");
-        assert_eq!(a.derive_key("p"), easemob("secret-1").derive_key("p"));
-        assert_ne!(a.derive_key("p"), easemob("secret-2").derive_key("p"));
+        let a = Credentials::easemob_for_tests("secret-1");
+        assert_eq!(
+            a.derive_key("p"),
+            Credentials::easemob_for_tests("secret-1").derive_key("p")
+        );
+        assert_ne!(
+            a.derive_key("p"),
+            Credentials::easemob_for_tests("secret-2").derive_key("p")
+        );
         assert_ne!(a.derive_key("p"), a.derive_key("q"));
         let agora = Credentials::Agora {
             app_id: "AB".into(),

@@ -95,13 +95,7 @@ mod tests {
     use super::*;
 
     fn credentials(secret: &str) -> Credentials {
-        Credentials::Easemob {
-            org: "o".into(),
-            app: "a".into(),
-            client_id: "id".into(),
-            client_secret: SecretString::from(secret.to_owned()),
-            ttl_secs: None,
-        }
+        Credentials::easemob_for_tests(secret)
     }
 
     fn token() -> IssuedToken {
