@@ -27,6 +27,7 @@ use crate::logging::AccessLog;
 use crate::metrics::Metrics;
 use crate::route::{AppRef, Endpoint};
 use crate::server::{ConnLimits, TlsConfig};
+use crate::shards::Shards;
 use crate::token::{Credentials, TokenError, TokenPolicy, TokenSource};
 use crate::upstream::Upstream;
 
@@ -55,8 +56,8 @@ pub struct App {
     throttled: Vec<IntCounter>,
     /// Cache results of this app per endpoint ([`Endpoint::index`]) and [`CacheStatus`]: the
     /// status page's per-app hit ratio (the metric is labelled by endpoint only, see
-    /// docs/metrics.md).
-    cache_results: [[AtomicU64; 4]; Endpoint::ALL.len()],
+    /// docs/metrics.md); per thread, as every cache hit writes it.
+    cache_results: Shards<[[AtomicU64; 4]; Endpoint::ALL.len()]>,
 }
 
 impl App {
@@ -81,14 +82,19 @@ impl App {
 
     /// Counts one cached read of `endpoint` answered with `status`.
     pub fn record_cache(&self, endpoint: Endpoint, status: CacheStatus) {
-        self.cache_results[endpoint.index()][status as usize].fetch_add(1, Ordering::Relaxed);
+        self.cache_results.local()[endpoint.index()][status as usize]
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Cached reads of `endpoint` so far: hit, miss, stale, coalesced.
     pub fn cache_results(&self, endpoint: Endpoint) -> [u64; 4] {
-        self.cache_results[endpoint.index()]
-            .each_ref()
-            .map(|n| n.load(Ordering::Relaxed))
+        let mut sums = [0; 4];
+        for shard in self.cache_results.iter() {
+            for (sum, n) in sums.iter_mut().zip(&shard[endpoint.index()]) {
+                *sum += n.load(Ordering::Relaxed);
+            }
+        }
+        sums
     }
 
     /// `imgate_vendor_throttled_total` of this app and `endpoint`.
@@ -287,6 +293,12 @@ impl Gateway {
         self.current.load_full()
     }
 
+    /// The configuration in force now, for one request: held without touching the snapshot's
+    /// reference count, which every core would otherwise write on every request.
+    pub fn snapshot_for_request(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.current.load()
+    }
+
     /// Re-reads the configuration file and every secret, and switches to it once every new or
     /// changed app holds a token. On any error the running configuration stays.
     pub async fn reload(&self) -> Result<(), ReloadError> {
@@ -433,8 +445,8 @@ impl Gateway {
                     quota_limits: app.vendor_quotas,
                     vendor_wait: settings.vendor_wait,
                     throttled,
-                    cache_results: std::array::from_fn(|_| {
-                        std::array::from_fn(|_| AtomicU64::new(0))
+                    cache_results: Shards::new(|| {
+                        std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0)))
                     }),
                 });
                 fresh.push(new.clone());

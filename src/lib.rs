@@ -13,6 +13,7 @@
 //! - [`upstream`]: the pooled vendor client and the forwarding header rules.
 //! - [`error`]: every gateway error and its one mapping to a vendor-shaped response.
 //! - [`metrics`]: the Prometheus metrics, on a registry passed in.
+//! - [`shards`]: per-thread copies of what every request counts, summed when read.
 //! - [`logging`]: the non-blocking log writer (access log included), its dropped-lines count,
 //!   and JSON lines whose list fields are arrays.
 //! - [`trace`]: W3C trace context carried on to the vendor and into the access log.
@@ -44,6 +45,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod route;
 pub mod server;
+pub mod shards;
 pub mod status;
 pub mod tls;
 pub mod token;

@@ -5,6 +5,11 @@
 //! Label values are bounded: configured client and app names, endpoint names and status codes,
 //! with `-` where a request never got that far. Never a user id, key or token.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{MetricFamily, MetricType};
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -12,6 +17,7 @@ use prometheus::{
 
 use crate::cache::{CacheStatus, Kind};
 use crate::route::Endpoint;
+use crate::shards::Shards;
 use crate::token::TokenMetrics;
 
 /// Endpoints whose reads go through the cache.
@@ -31,16 +37,13 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// The gateway's metrics.
 pub struct Metrics {
     registry: Registry,
-    http_requests: IntCounterVec,
-    http_duration: HistogramVec,
+    /// What every request records, per thread (see [`crate::shards`]).
+    per_request: Arc<Shards<RequestMetrics>>,
     upstream_requests: IntCounterVec,
     upstream_duration: HistogramVec,
     token_refreshes: IntCounterVec,
     token_expiry: GaugeVec,
     config_reloads: IntCounterVec,
-    /// `imgate_cache_lookups_total` handles, resolved once: by [`Endpoint::index`] (cached
-    /// endpoints only), then by [`CacheStatus`].
-    cache_lookups: [Option<[IntCounter; 4]>; Endpoint::ALL.len()],
     cache_entries: IntGaugeVec,
     presence_batch_users: Histogram,
     /// `imgate_ratelimit_rejected_total` for scope client, vendor.
@@ -68,9 +71,18 @@ impl Scope {
     }
 }
 
-impl Metrics {
-    /// Creates the metrics and registers them in `registry`.
-    pub fn new(registry: Registry) -> Result<Metrics, prometheus::Error> {
+/// The metrics every request records: one set per shard, added up when scraped.
+struct RequestMetrics {
+    http_requests: IntCounterVec,
+    http_duration: HistogramVec,
+    cache_lookups_vec: IntCounterVec,
+    /// `imgate_cache_lookups_total` handles, resolved once: by [`Endpoint::index`] (cached
+    /// endpoints only), then by [`CacheStatus`].
+    cache_lookups: [Option<[IntCounter; 4]>; Endpoint::ALL.len()],
+}
+
+impl RequestMetrics {
+    fn new() -> Result<RequestMetrics, prometheus::Error> {
         let http_requests = IntCounterVec::new(
             Opts::new(
                 "imgate_http_requests_total",
@@ -86,6 +98,133 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["endpoint"],
         )?;
+        let cache_lookups_vec = IntCounterVec::new(
+            Opts::new(
+                "imgate_cache_lookups_total",
+                "Cached reads, by endpoint and result (hit, miss, stale, coalesced).",
+            ),
+            &["endpoint", "result"],
+        )?;
+        let cache_lookups = Endpoint::ALL.map(|e| {
+            CACHED_ENDPOINTS.contains(&e).then(|| {
+                CacheStatus::ALL
+                    .map(|r| cache_lookups_vec.with_label_values(&[e.name(), r.label()]))
+            })
+        });
+        Ok(RequestMetrics {
+            http_requests,
+            http_duration,
+            cache_lookups_vec,
+            cache_lookups,
+        })
+    }
+
+    fn collectors(&self) -> [&dyn Collector; 3] {
+        [
+            &self.http_requests,
+            &self.http_duration,
+            &self.cache_lookups_vec,
+        ]
+    }
+}
+
+/// Exposes the request metrics of every shard as one: series with the same labels added up.
+struct SummedShards(Arc<Shards<RequestMetrics>>);
+
+impl Collector for SummedShards {
+    fn desc(&self) -> Vec<&Desc> {
+        self.0
+            .iter()
+            .next()
+            .map(|shard| {
+                shard
+                    .collectors()
+                    .into_iter()
+                    .flat_map(|c| c.desc())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let mut families: Vec<Option<MetricFamily>> = Vec::new();
+        let mut series: Vec<BTreeMap<Vec<(String, String)>, prometheus::proto::Metric>> =
+            Vec::new();
+        for shard in self.0.iter() {
+            let collected = shard.collectors().into_iter().flat_map(|c| c.collect());
+            for (i, mut family) in collected.enumerate() {
+                if families.len() <= i {
+                    families.push(None);
+                    series.push(BTreeMap::new());
+                }
+                let kind = family.get_field_type();
+                for metric in family.take_metric() {
+                    let labels = metric
+                        .get_label()
+                        .iter()
+                        .map(|l| (l.name().to_owned(), l.value().to_owned()))
+                        .collect();
+                    match series[i].entry(labels) {
+                        std::collections::btree_map::Entry::Vacant(slot) => {
+                            slot.insert(metric);
+                        }
+                        std::collections::btree_map::Entry::Occupied(mut sum) => {
+                            add_metric(sum.get_mut(), &metric, kind);
+                        }
+                    }
+                }
+                families[i].get_or_insert(family);
+            }
+        }
+        families
+            .into_iter()
+            .zip(series)
+            .filter_map(|(family, series)| {
+                let mut family = family?;
+                family.set_metric(series.into_values().collect());
+                Some(family)
+            })
+            .collect()
+    }
+}
+
+/// Adds `more` (a counter or a histogram with the same buckets) to `sum`.
+fn add_metric(
+    sum: &mut prometheus::proto::Metric,
+    more: &prometheus::proto::Metric,
+    kind: MetricType,
+) {
+    match kind {
+        MetricType::COUNTER => {
+            let mut counter = sum.get_counter().clone();
+            counter.set_value(counter.get_value() + more.get_counter().get_value());
+            sum.set_counter(counter);
+        }
+        MetricType::HISTOGRAM => {
+            let (a, b) = (sum.get_histogram(), more.get_histogram());
+            let mut histogram = a.clone();
+            histogram.set_sample_count(a.get_sample_count() + b.get_sample_count());
+            histogram.set_sample_sum(a.get_sample_sum() + b.get_sample_sum());
+            let buckets = a
+                .get_bucket()
+                .iter()
+                .zip(b.get_bucket())
+                .map(|(x, y)| {
+                    let mut bucket = x.clone();
+                    bucket.set_cumulative_count(x.cumulative_count() + y.cumulative_count());
+                    bucket
+                })
+                .collect();
+            histogram.set_bucket(buckets);
+            sum.set_histogram(histogram);
+        }
+        _ => {}
+    }
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn new(registry: Registry) -> Result<Metrics, prometheus::Error> {
         let upstream_requests = IntCounterVec::new(
             Opts::new(
                 "imgate_upstream_requests_total",
@@ -122,19 +261,6 @@ impl Metrics {
             ),
             &["result"],
         )?;
-        let cache_lookups_vec = IntCounterVec::new(
-            Opts::new(
-                "imgate_cache_lookups_total",
-                "Cached reads, by endpoint and result (hit, miss, stale, coalesced).",
-            ),
-            &["endpoint", "result"],
-        )?;
-        let cache_lookups = Endpoint::ALL.map(|e| {
-            CACHED_ENDPOINTS.contains(&e).then(|| {
-                CacheStatus::ALL
-                    .map(|r| cache_lookups_vec.with_label_values(&[e.name(), r.label()]))
-            })
-        });
         let cache_entries = IntGaugeVec::new(
             Opts::new("imgate_cache_entries", "Entries held, by cache."),
             &["cache"],
@@ -189,11 +315,10 @@ impl Metrics {
         registry.register(Box::new(rejected_vec))?;
         registry.register(Box::new(waits_vec))?;
         registry.register(Box::new(vendor_throttled.clone()))?;
-        registry.register(Box::new(cache_lookups_vec))?;
+        let per_request = Arc::new(Shards::try_new(RequestMetrics::new)?);
+        registry.register(Box::new(SummedShards(per_request.clone())))?;
         registry.register(Box::new(cache_entries.clone()))?;
         registry.register(Box::new(presence_batch_users.clone()))?;
-        registry.register(Box::new(http_requests.clone()))?;
-        registry.register(Box::new(http_duration.clone()))?;
         registry.register(Box::new(upstream_requests.clone()))?;
         registry.register(Box::new(upstream_duration.clone()))?;
         registry.register(Box::new(token_refreshes.clone()))?;
@@ -201,14 +326,12 @@ impl Metrics {
         registry.register(Box::new(config_reloads.clone()))?;
         Ok(Metrics {
             registry,
-            http_requests,
-            http_duration,
+            per_request,
             upstream_requests,
             upstream_duration,
             token_refreshes,
             token_expiry,
             config_reloads,
-            cache_lookups,
             cache_entries,
             presence_batch_users,
             rejected,
@@ -219,10 +342,13 @@ impl Metrics {
 
     /// Records one answered request.
     pub fn request(&self, client: &str, app: &str, endpoint: &str, status: &str, seconds: f64) {
-        self.http_requests
+        let shard = self.per_request.local();
+        shard
+            .http_requests
             .with_label_values(&[client, app, endpoint, status])
             .inc();
-        self.http_duration
+        shard
+            .http_duration
             .with_label_values(&[endpoint])
             .observe(seconds);
     }
@@ -239,7 +365,7 @@ impl Metrics {
 
     /// Records one cached read of `endpoint`.
     pub fn cache_lookup(&self, endpoint: Endpoint, result: CacheStatus) {
-        if let Some(counters) = &self.cache_lookups[endpoint.index()] {
+        if let Some(counters) = &self.per_request.local().cache_lookups[endpoint.index()] {
             counters[result as usize].inc();
         }
     }
@@ -323,6 +449,42 @@ mod tests {
         ));
         assert!(text.contains(r#"imgate_upstream_requests_total{app="app",endpoint="offline_msg_count",status="200"} 1"#));
         assert!(text.contains("imgate_http_request_duration_seconds_bucket"));
+    }
+
+    #[test]
+    fn requests_recorded_on_several_threads_are_one_series() {
+        let m = Metrics::new(Registry::new()).unwrap();
+        std::thread::scope(|s| {
+            for _ in 0..6 {
+                s.spawn(|| {
+                    m.request("svc", "app", "offline_msg_count", "200", 0.0004);
+                    m.cache_lookup(Endpoint::OfflineMsgCount, CacheStatus::Hit);
+                });
+            }
+        });
+        let text = String::from_utf8(m.encode()).unwrap();
+        let lines = |prefix: &str| -> Vec<String> {
+            text.lines()
+                .filter(|l| l.starts_with(prefix))
+                .map(str::to_owned)
+                .collect()
+        };
+        assert_eq!(
+            lines("imgate_http_requests_total{"),
+            [
+                r#"imgate_http_requests_total{app="app",client="svc",endpoint="offline_msg_count",status="200"} 6"#
+            ]
+        );
+        assert_eq!(
+            lines("imgate_http_request_duration_seconds_count"),
+            [r#"imgate_http_request_duration_seconds_count{endpoint="offline_msg_count"} 6"#]
+        );
+        assert!(text.contains(
+            r#"imgate_http_request_duration_seconds_bucket{endpoint="offline_msg_count",le="0.0005"} 6"#
+        ));
+        assert!(text.contains(
+            r#"imgate_cache_lookups_total{endpoint="offline_msg_count",result="hit"} 6"#
+        ));
     }
 
     #[test]

@@ -94,7 +94,7 @@ pub async fn handle(
     let trace_context = TraceContext::from_headers(req.headers(), request_id.as_bytes());
     let method = req.method().clone();
     let version = req.version();
-    let snapshot = gateway.snapshot();
+    let snapshot = gateway.snapshot_for_request();
     let mut trace = Trace {
         client: "-",
         route: None,

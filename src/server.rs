@@ -117,16 +117,18 @@ impl ConnLimits {
     }
 }
 
-/// Serves `handler` on `listener` (over TLS when `tls` is given) until `shutdown` completes,
-/// then drains open connections.
-pub async fn serve<H, F>(
+/// Serves `listener` (over TLS when `tls` is given) until `shutdown` completes, then drains
+/// open connections. `connect` makes each connection's handler from its peer's address: what
+/// every request of the connection shares is set up once.
+pub async fn serve<C, H, F>(
     listener: TcpListener,
     limits: ConnLimits,
     tls: Option<TlsConfig>,
-    handler: H,
+    connect: C,
     shutdown: impl Future<Output = ()>,
 ) where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    C: Fn(SocketAddr) -> H + Clone + Send + Sync + 'static,
+    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
     F: Future<Output = HandlerResult> + Send + 'static,
 {
     let builder = Arc::new(limits.builder());
@@ -164,13 +166,13 @@ pub async fn serve<H, F>(
             stop: stopped.clone(),
             peer,
         };
-        let handler = handler.clone();
+        let connect = connect.clone();
         let tls = tls.as_ref().map(|t| t.load_full());
         let alive = alive.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let _alive = alive;
-            conn.run(stream, tls, handler).await;
+            conn.run(stream, tls, connect(peer)).await;
         });
     }
     drop(listener);
@@ -195,7 +197,7 @@ struct Conn {
 impl Conn {
     async fn run<H, F>(self, stream: TcpStream, tls: Option<Arc<rustls::ServerConfig>>, handler: H)
     where
-        H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+        H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
         F: Future<Output = HandlerResult> + Send + 'static,
     {
         let first_request_by = Instant::now() + self.limits.header_read_timeout;
@@ -218,7 +220,7 @@ impl Conn {
     async fn http<I, H, F>(self, io: I, first_request_by: Instant, handler: H)
     where
         I: AsyncRead + AsyncWrite + Send + 'static,
-        H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+        H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
         F: Future<Output = HandlerResult> + Send + 'static,
     {
         let mut io = TimeoutStream::new(io);
@@ -229,7 +231,7 @@ impl Conn {
         let peer = self.peer;
         let service = service_fn(move |req: Request<Incoming>| {
             let request = OpenRequest::start(&requests, req.version());
-            let answer = handler(req, peer);
+            let answer = handler(req);
             async move {
                 let answer = answer.await;
                 drop(request);
@@ -383,9 +385,14 @@ pub async fn run(listeners: Listeners, gateway: Arc<Gateway>, shutdown: impl Fut
         listeners.api,
         gateway.conn_limits.clone(),
         gateway.api_tls.clone(),
-        move |req, peer| {
-            let gateway = api_gateway.clone();
-            async move { Ok(pipeline::handle(&gateway, req, peer).await) }
+        move |peer: SocketAddr| {
+            // The connection's own reference: its requests clone this one, not the gateway's,
+            // whose count every core would otherwise write on every request.
+            let gateway = Arc::new(api_gateway.clone());
+            move |req| {
+                let gateway = gateway.clone();
+                async move { Ok(pipeline::handle(&gateway, req, peer).await) }
+            }
         },
         signal(stopped.clone()),
     );
@@ -394,9 +401,12 @@ pub async fn run(listeners: Listeners, gateway: Arc<Gateway>, shutdown: impl Fut
         listeners.admin,
         gateway.conn_limits.clone(),
         None,
-        move |req, _peer| {
+        move |_peer| {
             let gateway = admin_gateway.clone();
-            async move { Ok(admin::handle(&gateway, req).await) }
+            move |req| {
+                let gateway = gateway.clone();
+                async move { Ok(admin::handle(&gateway, req).await) }
+            }
         },
         signal(stopped),
     );

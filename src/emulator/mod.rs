@@ -147,11 +147,14 @@ impl Emulator {
         tls: Option<server::TlsConfig>,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
-        let handler = move |req, _peer: SocketAddr| {
+        let connect = move |_peer: SocketAddr| {
             let emulator = self.clone();
-            async move { emulator.handle(req).await }
+            move |req| {
+                let emulator = emulator.clone();
+                async move { emulator.handle(req).await }
+            }
         };
-        server::serve(listener, ConnLimits::default(), tls, handler, shutdown).await;
+        server::serve(listener, ConnLimits::default(), tls, connect, shutdown).await;
     }
 
     /// Answers one request.
