@@ -129,16 +129,17 @@ impl Clients {
         clients
     }
 
-    /// The client whose key or client token the request carries, if any.
+    /// The client whose key or client token the request carries, if any. `now_unix` is read
+    /// only for a client token (a key needs no clock).
     pub fn authenticate(
         &self,
         headers: &HeaderMap,
         tokens: &ClientTokenKey,
-        now_unix: u64,
+        now_unix: impl FnOnce() -> u64,
     ) -> Option<&Client> {
         let credential = bearer(headers)?;
         match credential.strip_prefix(CLIENT_TOKEN_PREFIX) {
-            Some(token) => tokens.verify(token, now_unix, |name| self.by_name(name)),
+            Some(token) => tokens.verify(token, now_unix(), |name| self.by_name(name)),
             None => self.by_key(credential),
         }
     }
@@ -446,7 +447,7 @@ mod tests {
         } else {
             headers(value)
         };
-        c.authenticate(&h, &derived("sa", "sb"), 1_000)
+        c.authenticate(&h, &derived("sa", "sb"), || 1_000)
     }
 
     #[test]
@@ -526,15 +527,18 @@ mod tests {
         let c = clients();
         let key = derived("sa", "sb");
         let h = issue(&key, &c, "b");
-        assert_eq!(c.authenticate(&h, &key, 1_059).unwrap().name, "one");
-        assert!(c.authenticate(&h, &key, 1_060).is_none(), "expired");
+        assert_eq!(c.authenticate(&h, &key, || 1_059).unwrap().name, "one");
+        assert!(c.authenticate(&h, &key, || 1_060).is_none(), "expired");
         let configured = ClientTokenKey::new(Some(&SecretString::from("k".repeat(32))), []);
         assert!(
-            c.authenticate(&h, &configured, 1_000).is_none(),
+            c.authenticate(&h, &configured, || 1_000).is_none(),
             "another signing key"
         );
         let h = issue(&configured, &c, "unknown-app");
-        assert_eq!(c.authenticate(&h, &configured, 1_000).unwrap().name, "one");
+        assert_eq!(
+            c.authenticate(&h, &configured, || 1_000).unwrap().name,
+            "one"
+        );
     }
 
     #[test]
@@ -543,19 +547,23 @@ mod tests {
         let h = issue(&derived("sa", "sb"), &c, "b");
         // A restart, or another replica with the same configuration.
         assert_eq!(
-            c.authenticate(&h, &derived("sa", "sb"), 1_000)
+            c.authenticate(&h, &derived("sa", "sb"), || 1_000)
                 .unwrap()
                 .name,
             "one"
         );
         // Another app's credentials changed: tokens issued through b still hold.
-        assert!(c.authenticate(&h, &derived("new", "sb"), 1_000).is_some());
+        assert!(c
+            .authenticate(&h, &derived("new", "sb"), || 1_000)
+            .is_some());
         // b's credentials changed: its tokens stop working.
-        assert!(c.authenticate(&h, &derived("sa", "new"), 1_000).is_none());
+        assert!(c
+            .authenticate(&h, &derived("sa", "new"), || 1_000)
+            .is_none());
         // An app no longer configured issued it.
         let only_a = credentials("sa");
         let key = ClientTokenKey::new(None, [("a", &only_a)]);
-        assert!(c.authenticate(&h, &key, 1_000).is_none());
+        assert!(c.authenticate(&h, &key, || 1_000).is_none());
         assert!(key
             .issue(
                 c.by_name("one").unwrap(),
@@ -594,7 +602,7 @@ mod tests {
                 "Bearer {CLIENT_TOKEN_PREFIX}{}.{mac}",
                 URL_SAFE_NO_PAD.encode(forged)
             );
-            assert!(c.authenticate(&headers(&forged), &key, 1_000).is_none());
+            assert!(c.authenticate(&headers(&forged), &key, || 1_000).is_none());
         }
         // The same client name with a new key: its old tokens stop working.
         let rekeyed = Clients::new(
@@ -609,6 +617,6 @@ mod tests {
             None,
         );
         let h = headers(&format!("Bearer {token}"));
-        assert!(rekeyed.authenticate(&h, &key, 1_000).is_none());
+        assert!(rekeyed.authenticate(&h, &key, || 1_000).is_none());
     }
 }

@@ -23,13 +23,13 @@
 
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
 use http::request::Parts;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::{Body as _, Incoming};
 use serde_json::{json, Value};
@@ -44,7 +44,7 @@ use crate::logging::{self, AccessRecord};
 use crate::metrics::Scope;
 use crate::route::{self, Endpoint, Route};
 use crate::server::{self, BodyError, HttpResponse};
-use crate::trace::{TraceContext, TRACEPARENT};
+use crate::trace::{RequestId, TraceContext, TRACEPARENT};
 use crate::upstream::{forward_headers, UpstreamError, VendorResponse};
 use crate::vendor;
 
@@ -52,11 +52,11 @@ static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 static AGE: HeaderName = HeaderName::from_static("age");
 static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
-/// Longest caller-supplied request id that is echoed; longer ones are replaced.
-const MAX_REQUEST_ID: usize = 128;
 
 /// What one request did, for its metrics and access-log line.
 struct Trace<'g> {
+    /// When the request arrived: the one clock reading its cache lookups and `Age` use.
+    started: Instant,
     client: &'g str,
     /// The app and endpoint, once classified.
     route: Option<(&'g App, Endpoint)>,
@@ -69,6 +69,9 @@ struct Trace<'g> {
     /// Whether a request body may still be arriving (unread): an HTTP/1 connection is then
     /// closed after the answer rather than kept for a body nobody will read.
     body_pending: bool,
+    /// Whether the response carries `X-Request-Id` and the `RateLimit` headers already (a
+    /// cached answer is made with them).
+    headers_complete: bool,
 }
 
 impl Trace<'_> {
@@ -90,12 +93,13 @@ pub async fn handle(
     peer: SocketAddr,
 ) -> HttpResponse {
     let started = Instant::now();
-    let request_id = request_id(req.headers());
-    let trace_context = TraceContext::from_headers(req.headers(), request_id.as_bytes());
+    let request_id = RequestId::from_headers(req.headers(), &X_REQUEST_ID);
+    let trace_context = TraceContext::from_headers(req.headers(), &request_id);
     let method = req.method().clone();
     let version = req.version();
     let snapshot = gateway.snapshot_for_request();
     let mut trace = Trace {
+        started,
         client: "-",
         route: None,
         cache: None,
@@ -103,6 +107,7 @@ pub async fn handle(
         vendor_seconds: 0.0,
         rate: None,
         body_pending: false,
+        headers_complete: false,
     };
     let ids = Ids {
         request: &request_id,
@@ -135,11 +140,12 @@ pub async fn handle(
         }
     };
     let status = response.status();
-    response
-        .headers_mut()
-        .insert(X_REQUEST_ID.clone(), request_id.clone());
-    if let Some((policy, remaining, reset)) = trace.rate {
-        rate_limit_headers(response.headers_mut(), policy, remaining, reset);
+    if !trace.headers_complete {
+        if let Some((policy, remaining, reset)) = trace.rate {
+            let headers = response.headers_mut();
+            headers.insert(RATELIMIT_POLICY.clone(), policy.clone());
+            headers.insert(RATELIMIT.clone(), rate_limit_value(remaining, reset));
+        }
     }
     let seconds = started.elapsed().as_secs_f64();
     gateway.metrics.request(
@@ -154,7 +160,7 @@ pub async fn handle(
         app.record_cache(endpoint, cache);
     }
     let record = AccessRecord {
-        request_id: request_id.to_str().unwrap_or("-"),
+        request_id: request_id.as_str(),
         trace_id: trace_context.trace_id(),
         client: trace.client,
         app: trace.app(),
@@ -167,13 +173,22 @@ pub async fn handle(
         total_ms: logging::millis(seconds),
     };
     logging::access(gateway.access_log(), &record);
+    if !trace.headers_complete {
+        let request_id = match request_id {
+            RequestId::Caller(value) => value,
+            new => new.header_value(),
+        };
+        response
+            .headers_mut()
+            .insert(X_REQUEST_ID.clone(), request_id);
+    }
     response
 }
 
 /// What identifies a request toward the vendor: its request id and its trace (a `traceparent`
 /// is made only for calls that really go to the vendor, not for cache hits).
 struct Ids<'r> {
-    request: &'r HeaderValue,
+    request: &'r RequestId,
     trace: TraceContext,
 }
 
@@ -209,7 +224,7 @@ async fn process<'s>(
     trace.route = app.map(|(_, app)| (&**app, route.endpoint));
     let client = snapshot
         .clients
-        .authenticate(&parts.headers, &snapshot.client_tokens, vendor::now_secs())
+        .authenticate(&parts.headers, &snapshot.client_tokens, vendor::now_secs)
         .ok_or(GatewayError::Unauthenticated)?;
     trace.client = &client.name;
     let (app_index, app) = app.ok_or(GatewayError::UnknownApp)?;
@@ -330,7 +345,7 @@ impl Call<'_> {
             self.app,
             self.route.endpoint,
             request,
-            self.ids.request,
+            &self.ids.request.header_value(),
         )?;
         let call = if identity { call.identity() } else { call };
         Ok(Box::pin(call.send()))
@@ -361,7 +376,7 @@ impl Call<'_> {
         let answer = self
             .gateway
             .cache
-            .read(&key, &path, fetch)
+            .read(&key, &path, trace.started, fetch)
             .await
             .map_err(GatewayError::Shared)?;
         Ok(match answer {
@@ -369,7 +384,8 @@ impl Call<'_> {
                 trace.cache = Some(status);
                 let suffix = path.get(self.app.prefix.len()..).unwrap_or("");
                 let body = entry.body_bytes(&path, suffix, self.route.user);
-                cached_response(body, status, entry.stored_at.elapsed())
+                let age = trace.started.saturating_duration_since(entry.stored_at);
+                cached_response(body, status, age, self.ids.request, trace)
             }
             Answer::Vendor(response, status) => {
                 trace.cache = Some(status);
@@ -405,7 +421,7 @@ impl Call<'_> {
                     &app,
                     Endpoint::PresenceBatchGet,
                     request,
-                    &request_id,
+                    &request_id.header_value(),
                 )
             });
             match call {
@@ -431,7 +447,13 @@ impl Call<'_> {
         match answer {
             Ok(answer) => {
                 trace.cache = Some(answer.status);
-                Ok(cached_response(answer.body, answer.status, answer.age))
+                Ok(cached_response(
+                    answer.body,
+                    answer.status,
+                    answer.age,
+                    self.ids.request,
+                    trace,
+                ))
             }
             Err(BatchError::Vendor(response)) => {
                 trace.cache = Some(CacheStatus::Miss);
@@ -551,27 +573,74 @@ fn shared_response(vendor: &VendorResponse, cache: CacheStatus) -> HttpResponse 
     response
 }
 
-/// Headers a cached answer ends with (its own, the request id, the two `RateLimit` ones): the
-/// map is made that large at once rather than grown.
-const CACHED_RESPONSE_HEADERS: usize = 6;
-
-/// A 200 JSON answer from the cache.
-fn cached_response(body: Bytes, status: CacheStatus, age: Duration) -> HttpResponse {
+/// A 200 JSON answer from the cache, with every header it ends with (the request's id and,
+/// for a client with a quota, the `RateLimit` pair).
+fn cached_response(
+    body: Bytes,
+    status: CacheStatus,
+    age: Duration,
+    request_id: &RequestId,
+    trace: &mut Trace<'_>,
+) -> HttpResponse {
     let mut response = Response::new(Full::new(body));
-    *response.status_mut() = StatusCode::OK;
-    let headers = response.headers_mut();
-    headers.reserve(CACHED_RESPONSE_HEADERS);
-    headers.insert(CONTENT_TYPE, json_content_type());
-    headers.insert(X_CACHE.clone(), HeaderValue::from_static(status.header()));
-    headers.insert(AGE.clone(), age_value(age));
+    let common = [
+        json_content_type(),
+        HeaderValue::from_static(status.header()),
+        age_value(age),
+        request_id.header_value(),
+    ];
+    *response.headers_mut() = match trace.rate {
+        Some((policy, remaining, reset)) => filled(
+            &HIT_HEADERS_RATED,
+            common
+                .into_iter()
+                .chain([policy.clone(), rate_limit_value(remaining, reset)]),
+        ),
+        None => filled(&HIT_HEADERS, common),
+    };
+    trace.headers_complete = true;
     response
 }
 
-/// The IETF `RateLimit-Policy` and `RateLimit` headers (draft-ietf-httpapi-ratelimit-headers):
-/// the client's quota per second, what is left of its burst, and seconds until a permit frees.
-/// Written with `itoa` into a stack buffer: no formatting machinery per request.
-fn rate_limit_headers(headers: &mut HeaderMap, policy: &HeaderValue, remaining: u32, reset: u64) {
-    headers.insert(RATELIMIT_POLICY.clone(), policy.clone());
+/// The headers of a cached answer, in order; the `RateLimit` pair only for a client with a
+/// quota. Values are set per answer ([`filled`]).
+static HIT_HEADERS: LazyLock<HeaderMap> =
+    LazyLock::new(|| template([&CONTENT_TYPE, &X_CACHE, &AGE, &X_REQUEST_ID]));
+static HIT_HEADERS_RATED: LazyLock<HeaderMap> = LazyLock::new(|| {
+    template([
+        &CONTENT_TYPE,
+        &X_CACHE,
+        &AGE,
+        &X_REQUEST_ID,
+        &RATELIMIT_POLICY,
+        &RATELIMIT,
+    ])
+});
+
+/// A header map with these names (and empty values), in this order.
+fn template<'n>(names: impl IntoIterator<Item = &'n HeaderName>) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for name in names {
+        map.append(name.clone(), HeaderValue::from_static(""));
+    }
+    map
+}
+
+/// `template` with these values, one per name in order. Cloning a made map and setting its
+/// values in place hashes no header name (every insert into a map would).
+fn filled(template: &HeaderMap, values: impl IntoIterator<Item = HeaderValue>) -> HeaderMap {
+    let mut headers = template.clone();
+    // `values_mut` walks the entries in insertion order: the names' order.
+    for (slot, value) in headers.values_mut().zip(values) {
+        *slot = value;
+    }
+    headers
+}
+
+/// The IETF `RateLimit` value (draft-ietf-httpapi-ratelimit-headers; `RateLimit-Policy` is
+/// made once per client): what is left of the client's burst and seconds until a permit
+/// frees. Written with `itoa` into a stack buffer: no formatting machinery per request.
+fn rate_limit_value(remaining: u32, reset: u64) -> HeaderValue {
     let (mut r, mut t) = (itoa::Buffer::new(), itoa::Buffer::new());
     let mut value = [0u8; 64];
     let mut len = 0;
@@ -584,40 +653,30 @@ fn rate_limit_headers(headers: &mut HeaderMap, policy: &HeaderValue, remaining: 
         value[len..len + part.len()].copy_from_slice(part);
         len += part.len();
     }
-    if let Ok(value) = HeaderValue::from_bytes(&value[..len]) {
-        headers.insert(RATELIMIT.clone(), value);
-    }
+    HeaderValue::from_bytes(&value[..len]).unwrap_or(HeaderValue::from_static(""))
 }
 
-/// `Age` in whole seconds, from a table for the common ages (no formatting on a hit).
+/// `Age` in whole seconds, from a table for the common ages (no formatting on a hit). The
+/// table's values are static (one string made once): cloning one touches no reference count.
 fn age_value(age: Duration) -> HeaderValue {
-    static TABLE: OnceLock<Vec<HeaderValue>> = OnceLock::new();
-    let table = TABLE.get_or_init(|| (0..=3600u64).map(HeaderValue::from).collect());
+    const COMMON: u64 = 3600;
+    static TABLE: LazyLock<Vec<HeaderValue>> = LazyLock::new(|| {
+        let numbers: Vec<String> = (0..=COMMON).map(|n| n.to_string()).collect();
+        let digits: &'static str = String::leak(numbers.concat());
+        let mut at = 0;
+        numbers
+            .iter()
+            .map(|n| {
+                at += n.len();
+                HeaderValue::from_static(&digits[at - n.len()..at])
+            })
+            .collect()
+    });
     let secs = age.as_secs();
     usize::try_from(secs)
         .ok()
-        .and_then(|i| table.get(i).cloned())
+        .and_then(|i| TABLE.get(i).cloned())
         .unwrap_or_else(|| HeaderValue::from(secs))
-}
-
-/// The caller's `X-Request-Id` when it is short and printable, else a new random one.
-fn request_id(headers: &HeaderMap) -> HeaderValue {
-    headers
-        .get(&X_REQUEST_ID)
-        .filter(|v| {
-            let bytes = v.as_bytes();
-            !bytes.is_empty()
-                && bytes.len() <= MAX_REQUEST_ID
-                && bytes.iter().all(|b| b.is_ascii_graphic())
-        })
-        .cloned()
-        .unwrap_or_else(new_request_id)
-}
-
-/// A new random request id: 32 hex digits.
-fn new_request_id() -> HeaderValue {
-    let digits: [u8; 32] = crate::trace::random_hex();
-    HeaderValue::from_bytes(&digits).unwrap_or(HeaderValue::from_static("-"))
 }
 
 #[cfg(test)]
@@ -625,17 +684,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn printable_request_ids_are_echoed_and_others_replaced() {
-        let mut h = HeaderMap::new();
-        h.insert(&X_REQUEST_ID, HeaderValue::from_static("abc-123"));
-        assert_eq!(request_id(&h), "abc-123");
-        h.insert(&X_REQUEST_ID, HeaderValue::from_static("has space"));
-        assert_eq!(request_id(&h).len(), 32);
-        assert_eq!(request_id(&HeaderMap::new()).len(), 32);
-        h.insert(
+    fn a_filled_template_pairs_each_name_with_its_value() {
+        let values = ["a", "b", "c", "d", "e", "f"].map(HeaderValue::from_static);
+        let headers = filled(&HIT_HEADERS_RATED, values.clone());
+        assert_eq!(headers.len(), 6);
+        let names = [
+            &CONTENT_TYPE,
+            &X_CACHE,
+            &AGE,
             &X_REQUEST_ID,
-            HeaderValue::try_from("x".repeat(200)).unwrap(),
-        );
-        assert_eq!(request_id(&h).len(), 32);
+            &RATELIMIT_POLICY,
+            &RATELIMIT,
+        ];
+        for (name, value) in names.into_iter().zip(["a", "b", "c", "d", "e", "f"]) {
+            assert_eq!(headers[name], value, "{name}");
+        }
+        assert_eq!(filled(&HIT_HEADERS, values).len(), 4);
+    }
+
+    #[test]
+    fn ages_in_and_beyond_the_table() {
+        for (secs, text) in [
+            (0, "0"),
+            (7, "7"),
+            (59, "59"),
+            (3600, "3600"),
+            (3601, "3601"),
+        ] {
+            assert_eq!(age_value(Duration::from_secs(secs)), text);
+        }
     }
 }

@@ -11,6 +11,56 @@ use rand::{RngCore, SeedableRng};
 /// The `traceparent` header.
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
+/// Longest caller-supplied request id that is echoed; longer ones are replaced.
+const MAX_REQUEST_ID: usize = 128;
+
+/// A request's id: the caller's `X-Request-Id` when it is short and printable, else a new
+/// random one (32 hex digits, also a valid trace id).
+#[derive(Debug, Clone)]
+pub enum RequestId {
+    /// The caller's, as sent.
+    Caller(HeaderValue),
+    /// Made by imgate.
+    New([u8; 32]),
+}
+
+impl RequestId {
+    /// The id of a request with these headers (`header`: the `X-Request-Id` name).
+    pub fn from_headers(headers: &HeaderMap, header: &HeaderName) -> RequestId {
+        headers
+            .get(header)
+            .filter(|v| {
+                let bytes = v.as_bytes();
+                !bytes.is_empty()
+                    && bytes.len() <= MAX_REQUEST_ID
+                    && bytes.iter().all(|b| b.is_ascii_graphic())
+            })
+            .map_or_else(
+                || RequestId::New(random_hex()),
+                |v| RequestId::Caller(v.clone()),
+            )
+    }
+
+    /// The id as text (printable ASCII either way).
+    pub fn as_str(&self) -> &str {
+        let bytes = match self {
+            RequestId::Caller(value) => value.as_bytes(),
+            RequestId::New(digits) => digits,
+        };
+        std::str::from_utf8(bytes).unwrap_or("-")
+    }
+
+    /// The id as a header value.
+    pub fn header_value(&self) -> HeaderValue {
+        match self {
+            RequestId::Caller(value) => value.clone(),
+            RequestId::New(digits) => {
+                HeaderValue::from_bytes(digits).unwrap_or(HeaderValue::from_static("-"))
+            }
+        }
+    }
+}
+
 /// A request's trace: its id and flags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TraceContext {
@@ -22,15 +72,18 @@ impl TraceContext {
     /// The caller's trace when its `traceparent` is valid (version 00), else a new one whose
     /// id is the request's id when that is a valid trace id (imgate's own request ids are), so
     /// that the two correlate and no second random id is made per request.
-    pub fn from_headers(headers: &HeaderMap, request_id: &[u8]) -> TraceContext {
+    pub fn from_headers(headers: &HeaderMap, request_id: &RequestId) -> TraceContext {
         headers
             .get(&TRACEPARENT)
             .and_then(|v| parse(v.as_bytes()))
             .unwrap_or_else(|| TraceContext {
-                trace_id: <[u8; 32]>::try_from(request_id)
-                    .ok()
-                    .filter(|id| is_trace_id(id))
-                    .unwrap_or_else(random_hex),
+                trace_id: match request_id {
+                    RequestId::New(digits) => *digits,
+                    RequestId::Caller(value) => <[u8; 32]>::try_from(value.as_bytes())
+                        .ok()
+                        .filter(|id| is_trace_id(id))
+                        .unwrap_or_else(random_hex),
+                },
                 flags: *b"00",
             })
     }
@@ -111,6 +164,10 @@ fn is_trace_id(s: &[u8]) -> bool {
 mod tests {
     use super::*;
 
+    fn caller(id: &str) -> RequestId {
+        RequestId::Caller(HeaderValue::from_str(id).unwrap())
+    }
+
     fn headers(value: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
         h.insert(&TRACEPARENT, HeaderValue::from_str(value).unwrap());
@@ -118,10 +175,29 @@ mod tests {
     }
 
     #[test]
+    fn printable_request_ids_are_echoed_and_others_replaced() {
+        let x_request_id = HeaderName::from_static("x-request-id");
+        let id = |value: Option<&str>| {
+            let mut h = HeaderMap::new();
+            if let Some(value) = value {
+                h.insert(&x_request_id, HeaderValue::from_str(value).unwrap());
+            }
+            RequestId::from_headers(&h, &x_request_id)
+        };
+        assert_eq!(id(Some("abc-123")).as_str(), "abc-123");
+        assert_eq!(id(Some("abc-123")).header_value(), "abc-123");
+        for replaced in [Some("has space"), Some(&"x".repeat(200)), None] {
+            let new = id(replaced);
+            assert!(matches!(new, RequestId::New(_)), "{replaced:?}");
+            assert!(is_trace_id(new.as_str().as_bytes()));
+            assert_eq!(new.header_value(), new.as_str());
+        }
+    }
+
+    #[test]
     fn a_valid_traceparent_continues_with_a_new_span() {
         let incoming = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
-        let ctx =
-            TraceContext::from_headers(&headers(incoming), b"ffffffffffffffffffffffffffffffff");
+        let ctx = TraceContext::from_headers(&headers(incoming), &RequestId::New([b'f'; 32]));
         assert_eq!(ctx.trace_id(), "0af7651916cd43dd8448eb211c80319c");
         let child = ctx.child();
         let child = child.to_str().unwrap();
@@ -141,22 +217,26 @@ mod tests {
             "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
             "garbage",
         ] {
-            let ctx = TraceContext::from_headers(&headers(bad), b"caller-chosen-id");
+            let ctx = TraceContext::from_headers(&headers(bad), &caller("caller-chosen-id"));
             assert!(!bad.contains(ctx.trace_id()), "{bad}");
             assert_eq!(ctx.trace_id().len(), 32);
             assert!(is_trace_id(ctx.trace_id().as_bytes()));
         }
-        let fresh = TraceContext::from_headers(&HeaderMap::new(), b"short").child();
+        let fresh = TraceContext::from_headers(&HeaderMap::new(), &caller("short")).child();
         assert!(parse(fresh.as_bytes()).is_some());
     }
 
     #[test]
     fn a_new_trace_takes_the_request_id_when_it_is_a_valid_trace_id() {
         let id = random_hex::<32>();
-        let ctx = TraceContext::from_headers(&HeaderMap::new(), &id);
+        let ctx = TraceContext::from_headers(&HeaderMap::new(), &RequestId::New(id));
         assert_eq!(ctx.trace_id().as_bytes(), id);
+        let theirs = "0af7651916cd43dd8448eb211c80319c";
+        let ctx = TraceContext::from_headers(&HeaderMap::new(), &caller(theirs));
+        assert_eq!(ctx.trace_id(), theirs);
         for unusable in [[b'0'; 32], [b'A'; 32]] {
-            let ctx = TraceContext::from_headers(&HeaderMap::new(), &unusable);
+            let unusable_id = RequestId::Caller(HeaderValue::from_bytes(&unusable).unwrap());
+            let ctx = TraceContext::from_headers(&HeaderMap::new(), &unusable_id);
             assert_ne!(ctx.trace_id().as_bytes(), unusable);
             assert!(is_trace_id(ctx.trace_id().as_bytes()));
         }

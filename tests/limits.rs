@@ -174,18 +174,43 @@ async fn successful_answers_on_limited_routes_carry_the_ratelimit_headers() {
         Some("\"client\";q=10;w=1;burst=10")
     );
     assert_eq!(resp.header("ratelimit"), Some("\"client\";r=9;t=0"));
-    let unlimited = Http::new()
+    // The same read again is a cache hit, whose headers are made another way.
+    let hit = Http::new()
         .send(
             Method::GET,
             &url,
-            &[("authorization", "Bearer demo-key")],
+            &[
+                ("authorization", "Bearer demo-limited-key"),
+                ("x-request-id", "hit-1"),
+            ],
             None,
         )
         .await;
-    assert!(
-        unlimited.header("ratelimit").is_none(),
-        "the demo client has no quota"
+    assert_eq!(hit.header("x-cache"), Some("HIT"));
+    assert_eq!(hit.header("x-request-id"), Some("hit-1"));
+    assert_eq!(
+        hit.header("ratelimit-policy"),
+        Some("\"client\";q=10;w=1;burst=10")
     );
+    assert_eq!(hit.header("ratelimit"), Some("\"client\";r=8;t=0"));
+    assert_eq!(hit.header("content-type"), Some("application/json"));
+    for unlimited_read in ["miss", "hit"] {
+        let unlimited = Http::new()
+            .send(
+                Method::GET,
+                &format!("{}/users/unlimited/offline_msg_count", gw.easemob()),
+                &[("authorization", "Bearer demo-key")],
+                None,
+            )
+            .await;
+        assert_eq!(unlimited.status, 200, "{unlimited_read}");
+        assert!(
+            unlimited.header("ratelimit").is_none()
+                && unlimited.header("ratelimit-policy").is_none(),
+            "the demo client has no quota ({unlimited_read})"
+        );
+        assert_eq!(unlimited.header("x-request-id").map(str::len), Some(32));
+    }
 }
 
 /// The vendor's presence calls seen in the emulator's stats.

@@ -78,9 +78,9 @@ impl Entry {
         self.stored_at + Duration::from_millis(u64::from(self.fresh_ms))
     }
 
-    /// Whether the entry may still be served (fresh, or within a stale window).
-    pub(super) fn is_alive(&self) -> bool {
-        self.stored_at.elapsed() < Duration::from_millis(u64::from(self.alive_ms))
+    /// Whether the entry may still be served at `now` (fresh, or within a stale window).
+    pub(super) fn is_alive(&self, now: Instant) -> bool {
+        now < self.alive_until()
     }
 
     /// When the entry stops being servable.

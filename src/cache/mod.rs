@@ -219,9 +219,13 @@ impl Cache {
         counts
     }
 
-    /// The entry of `key` if it exists and no invalidation made it stale, whatever its age.
-    pub async fn lookup(&self, key: &Key<'_>) -> Option<Arc<Entry>> {
-        let entry = self.entries(key.kind).get(self.hashes.entry(key)).await?;
+    /// The entry of `key` if it exists, is still servable at `now` and no invalidation made it
+    /// stale.
+    pub async fn lookup(&self, key: &Key<'_>, now: Instant) -> Option<Arc<Entry>> {
+        let entry = self
+            .entries(key.kind)
+            .get(self.hashes.entry(key), now)
+            .await?;
         // Counts and presence are invalidated by removing their one entry (see `insert`), so
         // their hits skip the mark lookup; statuses and lists are invalidated by group.
         if entry.invalidatable && !key.kind.is_exact() {
@@ -237,11 +241,13 @@ impl Cache {
 
     /// Answers a read: fresh from the cache, stale while one background call revalidates, or
     /// from one vendor call shared by every concurrent request for the same key; a stale entry
-    /// stands in when the vendor fails within `stale_if_error`.
+    /// stands in when the vendor fails within `stale_if_error`. `now`: when the request
+    /// started (one clock read serves the whole request).
     pub async fn read(
         self: &Arc<Self>,
         key: &Key<'_>,
         path: &str,
+        now: Instant,
         fetch: impl FnOnce() -> Fetch,
     ) -> Result<Answer, Arc<GatewayError>> {
         let policy = *self.policy(key.kind);
@@ -249,9 +255,8 @@ impl Cache {
             let response = fetch().await.map_err(Arc::new)?;
             return Ok(Answer::Vendor(Arc::new(response), CacheStatus::Miss));
         }
-        let now = Instant::now();
         let mut fallback = None;
-        if let Some(entry) = self.lookup(key).await {
+        if let Some(entry) = self.lookup(key, now).await {
             let fresh_until = entry.fresh_until();
             if now < fresh_until {
                 return Ok(Answer::Cached(entry, CacheStatus::Hit));
@@ -646,11 +651,13 @@ mod tests {
     async fn a_call_abandoned_by_its_only_caller_leaves_the_table() {
         let cache = Arc::new(Cache::new(settings(100)));
         let abandoned = key("u");
-        let read = cache.read(&abandoned, "/p", || Box::pin(std::future::pending()));
+        let read = cache.read(&abandoned, "/p", Instant::now(), || {
+            Box::pin(std::future::pending())
+        });
         let waited = tokio::time::timeout(Duration::from_millis(20), read).await;
         assert!(waited.is_err(), "the vendor never answers");
         assert_eq!(cache.calls_in_flight(), 0);
-        let answered = cache.read(&key("u"), "/p", answer).await;
+        let answered = cache.read(&key("u"), "/p", Instant::now(), answer).await;
         assert!(matches!(answered, Ok(Answer::Vendor(_, CacheStatus::Miss))));
         assert_eq!(cache.calls_in_flight(), 0);
     }
@@ -660,7 +667,10 @@ mod tests {
         let cache = Arc::new(Cache::new(settings(10)));
         for i in 0..200 {
             let user = format!("user{i}");
-            assert!(cache.read(&key(&user), "/p", answer).await.is_ok());
+            assert!(cache
+                .read(&key(&user), "/p", Instant::now(), answer)
+                .await
+                .is_ok());
         }
         let held = cache.entry_counts().await[Kind::OfflineStatus as usize].1;
         assert!((1..=10).contains(&held), "{held} held");
@@ -695,10 +705,10 @@ mod tests {
         };
         let fetch = move || Box::pin(std::future::ready(Ok(response))) as Fetch;
         cache
-            .read(&key, "/o/a/users/u/presence/sublist", fetch)
+            .read(&key, "/o/a/users/u/presence/sublist", Instant::now(), fetch)
             .await
             .unwrap();
-        let entry = cache.lookup(&key).await.expect("stored");
+        let entry = cache.lookup(&key, Instant::now()).await.expect("stored");
         let stored = entry.body_bytes("", "", "u");
         assert_eq!(&stored[..], &body[..]);
         let within = buffer.as_ptr_range();

@@ -220,7 +220,7 @@ impl Cache {
                 user,
                 extra: "",
             };
-            match self.lookup(&key).await {
+            match self.lookup(&key, now).await {
                 Some(e) if now < e.fresh_until() => {
                     found.insert(user, (e, false));
                 }

@@ -82,11 +82,11 @@ impl Store {
         (key as u64) & self.mask
     }
 
-    /// The entry of `key`, unless it has outlived its stale windows.
-    pub async fn get(&self, key: u128) -> Option<Arc<Entry>> {
+    /// The entry of `key`, unless it has outlived its stale windows at `now`.
+    pub async fn get(&self, key: u128, now: Instant) -> Option<Arc<Entry>> {
         let bucket = self.buckets.get(&self.bucket(key)).await?;
         let entry = bucket.iter().find(|(k, _)| *k == key)?.1.clone();
-        entry.is_alive().then_some(entry)
+        entry.is_alive(now).then_some(entry)
     }
 
     /// Stores `entry` under `key`, replacing any older one.
@@ -116,6 +116,7 @@ impl Store {
     /// Rebuilds the bucket of `key` without that key and without dead entries, lets `change`
     /// add to it, and stores it (or drops it when empty).
     async fn rewrite(&self, key: u128, change: impl FnOnce(&mut Vec<(u128, Arc<Entry>)>)) {
+        let now = Instant::now();
         self.buckets
             .entry(self.bucket(key))
             .and_compute_with(|current| {
@@ -123,7 +124,7 @@ impl Store {
                     .map(|e| {
                         e.into_value()
                             .iter()
-                            .filter(|(k, e)| *k != key && e.is_alive())
+                            .filter(|(k, e)| *k != key && e.is_alive(now))
                             .cloned()
                             .collect()
                     })
@@ -179,9 +180,10 @@ impl Store {
     /// are applied first.
     pub async fn len(&self) -> u64 {
         self.buckets.run_pending_tasks().await;
+        let now = Instant::now();
         self.buckets
             .iter()
-            .map(|(_, bucket)| bucket.iter().filter(|(_, e)| e.is_alive()).count() as u64)
+            .map(|(_, bucket)| bucket.iter().filter(|(_, e)| e.is_alive(now)).count() as u64)
             .sum()
     }
 }
@@ -226,7 +228,7 @@ mod tests {
         store.buckets.run_pending_tasks().await;
         assert!(before > 1, "{before} buckets before expiry");
         assert_eq!(store.buckets.entry_count(), 1);
-        assert!(store.get(1000).await.is_some());
+        assert!(store.get(1000, Instant::now()).await.is_some());
         assert_eq!(store.len().await, 1);
     }
 }
