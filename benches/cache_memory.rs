@@ -85,7 +85,8 @@ fn main() {
             let path = format!("/app-id/{APP_ID}/users/{user}/offline_msg_count");
             let key = Key { kind: Kind::OfflineCount, app: "agora-demo", user: &user, extra: "" };
             let answer = vendor_answer(&path, &user, i % 7);
-            let read = cache.read(&key, &path, move || Box::pin(std::future::ready(Ok(answer))));
+            let fetch = move || Box::pin(std::future::ready(Ok(answer))) as imgate::cache::Fetch;
+            let read = cache.read(&key, &path, Instant::now(), fetch);
             if read.await.is_err() {
                 panic!("the synthetic vendor answer was refused");
             }

@@ -915,11 +915,13 @@ async fn a_client_that_stops_reading_is_dropped_after_the_write_timeout() {
         ..Default::default()
     };
     // An answer far larger than the socket buffers hold.
-    let handler = |_req, _peer| async {
-        Ok(imgate::server::json_response(
-            200,
-            Bytes::from(vec![b' '; BODY]),
-        ))
+    let handler = |_peer| {
+        |_req| async {
+            Ok(imgate::server::json_response(
+                200,
+                Bytes::from(vec![b' '; BODY]),
+            ))
+        }
     };
     let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(imgate::server::serve(

@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
@@ -369,7 +369,11 @@ async fn read(
     fetch: &(impl Fn() -> Fetch + Clone),
 ) -> Option<bool> {
     let path = "/org/app/users/x/offline_msg_count";
-    match cache.read(key, path, fetch.clone()).await.ok()? {
+    match cache
+        .read(key, path, Instant::now(), fetch.clone())
+        .await
+        .ok()?
+    {
         Answer::Cached(_, status) => Some(status == CacheStatus::Hit),
         Answer::Vendor(..) => Some(false),
     }
