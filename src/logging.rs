@@ -14,6 +14,7 @@
 
 use std::fmt::{self, Write as _};
 use std::io::IsTerminal;
+use std::sync::{Arc, Mutex};
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
@@ -26,6 +27,7 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::config::LogFormat;
+use crate::shards::Shards;
 
 /// The target of events whose JSON-array text fields are written as arrays in JSON logs.
 pub const LISTS_TARGET: &str = "imgate::config";
@@ -56,7 +58,9 @@ impl Logging {
 
     /// The access log's direct writer, with JSON logs (text logs go through `tracing`).
     pub fn access_log(&self) -> Option<AccessLog> {
-        self.access.clone().map(|writer| AccessLog { writer })
+        self.access.clone().map(|writer| AccessLog {
+            writers: Arc::new(Shards::new(|| Mutex::new(writer.clone()))),
+        })
     }
 }
 
@@ -161,7 +165,9 @@ pub struct AccessRecord<'a> {
 /// serde cost more than the cache hit the line logs.
 #[derive(Clone)]
 pub struct AccessLog {
-    writer: NonBlocking,
+    /// A handle on the queue per thread: `NonBlocking` writes through `&mut`, and a handle
+    /// cloned per line would count references that every core shares.
+    writers: Arc<Shards<Mutex<NonBlocking>>>,
 }
 
 /// Writes the access-log line of `record` if the log filter lets `imgate::access` info through:
@@ -196,18 +202,64 @@ impl AccessLog {
         }
         LINE.with_borrow_mut(|line| {
             line.clear();
-            if access_json(line, record, std::time::SystemTime::now()).is_ok() {
+            let time = std::time::SystemTime::now();
+            let timestamp = |out: &mut String| {
+                TIMESTAMP_PREFIX.with_borrow_mut(|prefix| prefix.write(out, time))
+            };
+            if access_json(line, record, timestamp).is_ok() {
                 // Lossy: a full queue drops the line and counts it, never blocks.
-                let _ = std::io::Write::write_all(&mut self.writer.clone(), line.as_bytes());
+                let mut writer = self
+                    .writers
+                    .local()
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                let _ = std::io::Write::write_all(&mut *writer, line.as_bytes());
             }
         });
     }
 }
 
-/// The JSON line of `record` at `time`.
-fn access_json(out: &mut String, r: &AccessRecord<'_>, time: std::time::SystemTime) -> fmt::Result {
+thread_local! {
+    /// The date and time to the second of this thread's last access line.
+    static TIMESTAMP_PREFIX: std::cell::RefCell<TimestampPrefix> =
+        const { std::cell::RefCell::new(TimestampPrefix { secs: u64::MAX, text: String::new() }) };
+}
+
+/// A timestamp's text up to its fraction (`2026-11-28T00:22:30.`), made once per second: a
+/// line costs only its microseconds.
+struct TimestampPrefix {
+    secs: u64,
+    text: String,
+}
+
+impl TimestampPrefix {
+    /// Writes `time` as [`write_timestamp`] would.
+    fn write(&mut self, out: &mut String, time: std::time::SystemTime) -> fmt::Result {
+        let since_epoch = time
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        if since_epoch.as_secs() != self.secs {
+            self.secs = since_epoch.as_secs();
+            self.text.clear();
+            write_timestamp(&mut self.text, time)?;
+            // Keep `…:30.`: the fraction and `Z` are this line's own.
+            self.text.truncate(self.text.len() - "125553Z".len());
+        }
+        out.push_str(&self.text);
+        push_padded(out, u64::from(since_epoch.subsec_micros()), 6)?;
+        out.push('Z');
+        Ok(())
+    }
+}
+
+/// The JSON line of `record`, its timestamp written by `timestamp`.
+fn access_json(
+    out: &mut String,
+    r: &AccessRecord<'_>,
+    timestamp: impl FnOnce(&mut String) -> fmt::Result,
+) -> fmt::Result {
     out.push_str("{\"timestamp\":\"");
-    write_timestamp(out, time)?;
+    timestamp(out)?;
     out.push_str("\",\"level\":\"INFO\"");
     let strings = [
         ("request_id", r.request_id),
@@ -233,11 +285,7 @@ fn access_json(out: &mut String, r: &AccessRecord<'_>, time: std::time::SystemTi
     }
     for (name, value) in [("vendor_ms", r.vendor_ms), ("total_ms", r.total_ms)] {
         json_key(out, name);
-        // As serde_json: the shortest form that reads back the same, null when not finite.
-        match value.is_finite() {
-            true => out.push_str(ryu::Buffer::new().format_finite(value)),
-            false => out.push_str("null"),
-        }
+        push_millis(out, value)?;
     }
     out.push_str(",\"target\":\"");
     out.push_str(ACCESS_TARGET);
@@ -252,6 +300,43 @@ fn json_key(out: &mut String, name: &str) {
     out.push_str("\":");
 }
 
+/// Milliseconds as serde_json writes an `f64`: the shortest form that reads back the same,
+/// `null` when not finite. Values in whole microseconds ([`millis`]) are written from the
+/// integer count (`12.346`, `1500.0`), which is that same text at a fraction of the cost.
+fn push_millis(out: &mut String, value: f64) -> fmt::Result {
+    let micros = (value * 1e3).round();
+    if value.is_finite() && (0.0..1e12).contains(&micros) && micros / 1e3 == value {
+        let micros = micros as u64;
+        out.push_str(itoa::Buffer::new().format(micros / 1000));
+        out.push('.');
+        let fraction = micros % 1000;
+        if fraction == 0 {
+            out.push('0');
+        } else {
+            let mut digits = [b'0'; 3];
+            digits[0] += (fraction / 100) as u8;
+            digits[1] += (fraction / 10 % 10) as u8;
+            digits[2] += (fraction % 10) as u8;
+            let used = 3 - digits.iter().rev().take_while(|d| **d == b'0').count();
+            out.push_str(std::str::from_utf8(&digits[..used]).map_err(|_| fmt::Error)?);
+        }
+        return Ok(());
+    }
+    // Not a duration imgate measures: serde_json's own text, whatever it costs.
+    out.push_str(&serde_json::to_string(&value).map_err(|_| fmt::Error)?);
+    Ok(())
+}
+
+/// `value` in decimal, zero-padded to `width` digits.
+fn push_padded(w: &mut impl fmt::Write, value: u64, width: usize) -> fmt::Result {
+    let mut buffer = itoa::Buffer::new();
+    let text = buffer.format(value);
+    for _ in text.len()..width {
+        w.write_char('0')?;
+    }
+    w.write_str(text)
+}
+
 /// A JSON string: quoted, with quotes, backslashes and control characters escaped.
 fn write_json_str(w: &mut impl fmt::Write, s: &str) -> fmt::Result {
     w.write_char('"')?;
@@ -259,14 +344,41 @@ fn write_json_str(w: &mut impl fmt::Write, s: &str) -> fmt::Result {
     w.write_char('"')
 }
 
+/// The first byte JSON must escape (a control character, `"` or `\\`), looked for eight bytes
+/// at a time.
+fn first_special(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    // Whether some byte of `x` is below `n` (n <= 0x80): the classic bit trick. It may also
+    // flag a word without such a byte; that word only goes to the byte-wise check.
+    let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGHS;
+    let special = |b: &u8| *b < 0x20 || *b == b'"' || *b == b'\\';
+    let mut words = bytes.chunks_exact(8);
+    let mut at = 0;
+    for word in &mut words {
+        let mut eight = [0u8; 8];
+        eight.copy_from_slice(word);
+        let x = u64::from_ne_bytes(eight);
+        let suspect = below(x, 0x20)
+            | below(x ^ (ONES * u64::from(b'"')), 1)
+            | below(x ^ (ONES * u64::from(b'\\')), 1);
+        if suspect != 0 {
+            if let Some(i) = word.iter().position(special) {
+                return Some(at + i);
+            }
+        }
+        at += 8;
+    }
+    words.remainder().iter().position(special).map(|i| at + i)
+}
+
 /// Escapes what it is given for the inside of a JSON string.
 struct JsonEscaped<'w, W: fmt::Write>(&'w mut W);
 
 impl<W: fmt::Write> fmt::Write for JsonEscaped<'_, W> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        let special = |b: &u8| *b < 0x20 || *b == b'"' || *b == b'\\';
         // The common case, nothing to escape, in one tight scan.
-        let Some(first) = s.as_bytes().iter().position(special) else {
+        let Some(first) = first_special(s.as_bytes()) else {
             return self.0.write_str(s);
         };
         self.0.write_str(&s[..first])?;
@@ -313,12 +425,7 @@ fn write_timestamp(w: &mut impl fmt::Write, time: std::time::SystemTime) -> fmt:
     ];
     let separators = ["-", "-", "T", ":", ":", ".", "Z"];
     for ((value, width), separator) in digits.into_iter().zip(separators) {
-        let mut buffer = itoa::Buffer::new();
-        let text = buffer.format(value);
-        for _ in text.len()..width {
-            w.write_char('0')?;
-        }
-        w.write_str(text)?;
+        push_padded(w, value, width)?;
         w.write_str(separator)?;
     }
     Ok(())
@@ -397,6 +504,7 @@ pub fn millis(seconds: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn millis_round_to_the_microsecond() {
@@ -510,7 +618,8 @@ mod tests {
             let generic = tracing_subscriber::fmt::format().json().flatten_event(true);
             let slow = formatted(generic, || access(None, &record));
             let mut fast = String::new();
-            access_json(&mut fast, &record, std::time::SystemTime::now()).unwrap();
+            let now = std::time::SystemTime::now();
+            access_json(&mut fast, &record, |out| write_timestamp(out, now)).unwrap();
             assert!(fast.ends_with('\n') && fast.lines().count() == 1, "{fast}");
             let parse = |line: &str| {
                 serde_json::from_str::<serde_json::Map<String, Value>>(line).expect("JSON")
@@ -531,6 +640,59 @@ mod tests {
             assert_eq!(keys(&fast), keys(&slow), "the same order");
             assert_eq!(fast["request_id"], "a\"b\\c\n\u{1}张");
             assert_eq!(fast["total_ms"], 0.035);
+        }
+    }
+
+    #[test]
+    fn milliseconds_are_written_as_serde_json_writes_them() {
+        let micros = (0..20_000u64).chain([999_999, 1_000_000, 1_234_567, 86_400_000_000]);
+        for n in micros {
+            let value = millis(n as f64 / 1e6);
+            let mut fast = String::new();
+            push_millis(&mut fast, value).unwrap();
+            assert_eq!(fast, serde_json::to_string(&value).unwrap(), "{n} us");
+        }
+        for odd in [0.1234, f64::NAN, 1e300, -1.5] {
+            let mut fast = String::new();
+            push_millis(&mut fast, odd).unwrap();
+            assert_eq!(fast, serde_json::to_string(&odd).unwrap(), "{odd}");
+        }
+    }
+
+    #[test]
+    fn the_word_scan_finds_the_first_byte_to_escape() {
+        let naive = |s: &[u8]| {
+            s.iter()
+                .position(|b| *b < 0x20 || *b == b'"' || *b == b'\\')
+        };
+        let mut samples: Vec<Vec<u8>> = vec![b"plain-ascii-text-longer-than-a-word".to_vec()];
+        for special in [0u8, 0x1f, b'"', b'\\'] {
+            for at in 0..20 {
+                let mut s = "ab张c!~ \x7f".repeat(3).into_bytes();
+                s.truncate(20);
+                s[at] = special;
+                samples.push(s);
+            }
+        }
+        samples.push("0x20 and up: !#$%&'()*+,-./[]^_`{|}~ é 张".into());
+        for s in &samples {
+            assert_eq!(first_special(s), naive(s), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn the_timestamp_prefix_is_remade_when_the_second_changes() {
+        let mut prefix = TimestampPrefix {
+            secs: u64::MAX,
+            text: String::new(),
+        };
+        let base = std::time::UNIX_EPOCH + Duration::from_secs(1_795_000_000);
+        for offset_us in [0, 999_999, 1_000_000, 1_000_001, 86_400_000_123] {
+            let time = base + Duration::from_micros(offset_us);
+            let (mut fast, mut slow) = (String::new(), String::new());
+            prefix.write(&mut fast, time).unwrap();
+            write_timestamp(&mut slow, time).unwrap();
+            assert_eq!(fast, slow);
         }
     }
 
