@@ -12,6 +12,7 @@
 //! bucket is replaced whole on every change, through moka's per-key serialised
 //! `and_compute_with`, so that no concurrent change is lost.
 
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -55,9 +56,34 @@ impl Expiry<u64, Bucket> for UntilLastEntryDies {
     }
 }
 
+/// Hashes a bucket number for moka's table. Bucket numbers are bits of a keyed SipHash (see
+/// `keys`), unpredictable to callers already: a multiply spreads them over the hash's high
+/// bits (which moka's segments use) without hashing them again with SipHash.
+#[derive(Default)]
+struct BucketHasher(u64);
+
+impl Hasher for BucketHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used (the key is a u64); bytes are folded in all the same.
+        for byte in bytes {
+            self.write_u64(u64::from(*byte));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .rotate_left(29);
+    }
+}
+
 /// A bounded store of entries by 128-bit key.
 pub struct Store {
-    buckets: Moka<u64, Bucket>,
+    buckets: Moka<u64, Bucket, BuildHasherDefault<BucketHasher>>,
     mask: u64,
     /// Most entries per bucket: never more than the whole store may hold.
     per_bucket: usize,
@@ -72,7 +98,7 @@ impl Store {
                 .max_capacity(max_entries)
                 .weigher(|_, bucket: &Bucket| u32::try_from(bucket.len()).unwrap_or(u32::MAX))
                 .expire_after(UntilLastEntryDies)
-                .build(),
+                .build_with_hasher(BuildHasherDefault::default()),
             mask: buckets - 1,
             per_bucket: max_entries.clamp(1, MAX_PER_BUCKET) as usize,
         }
