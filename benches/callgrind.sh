@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Instructions per cache hit, counted by valgrind's callgrind: repeatable to a few instructions
+# for the same binary and request, however busy the machine is (wall-clock runs on a shared VM
+# vary by 15 % and more). What one change to the hit path saves shows here when wrk cannot
+# tell it from noise.
+#
+#   bash benches/callgrind.sh            # imgate as benches/cache.sh runs it (quota on, no log)
+#   LOG=1 bash benches/callgrind.sh      # with the JSON access log written to a file
+#
+# imgate runs under callgrind twice, answering 500 and then 2,500 cached reads of one hot key
+# on one keep-alive connection (curl); the difference divided by 2,000 is the cost of one hit,
+# without start-up and shutdown. The figure is the connection task (hyper's connection future,
+# inclusive: parsing, the request path, writing the answer); with LOG=1 also the log writer
+# thread's share. The bare hyper server of benches/ceiling.rs costs about 10.3k in its
+# connection task. (The whole process is not a useful figure: start-up calibrates a clock for
+# a varying number of rounds.)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/sbin:/sbin"
+command -v valgrind >/dev/null 2>&1 || {
+  echo "installing valgrind…" >&2
+  apt-get update -qq >/dev/null && apt-get install -y -qq valgrind >/dev/null
+}
+command -v callgrind_annotate >/dev/null 2>&1 || { echo "callgrind.sh: callgrind_annotate missing" >&2; exit 1; }
+EMU=127.0.0.1:28281
+GW=127.0.0.1:28280
+ADMIN=127.0.0.1:29290
+AGORA_ID=a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6
+URL="http://$GW/app-id/$AGORA_ID/users/bench-user/offline_msg_count"
+
+cargo build --release --locked -q
+BIN=target/release/imgate
+# shellcheck source=benches/common.sh
+. benches/common.sh
+
+RUST_LOG=warn "$BIN" emulator --config benches/emulator.toml --listen "$EMU" & pids+=($!)
+wait_ok "http://$EMU/__emulator/stats"
+# The configuration of benches/cache.sh: the demo, a quota for the bench client, long TTL.
+sed -e "s|http://127.0.0.1:8081|http://$EMU|" -e "s|127.0.0.1:8080|$GW|" -e "s|127.0.0.1:9090|$ADMIN|" \
+  -e 's|^key = "demo-key"$|&\nrate_limit = { per_second = 10000000, burst = 10000000 }|' \
+  config/demo.toml > "$work/gateway.toml"
+printf '\n[cache.offline_count]\nttl_ms = 600000\n' >> "$work/gateway.toml"
+
+# run N: imgate under callgrind answering N hits; the profile goes to $work/callgrind.N.
+run() {
+  local n=$1 out="$work/callgrind.$1" log_args=() level=warn
+  if [ -n "${LOG:-}" ]; then log_args=(--log-format json); level=info; fi
+  RUST_LOG=$level valgrind --tool=callgrind --callgrind-out-file="$out" \
+    "$BIN" "${log_args[@]}" serve --config "$work/gateway.toml" > "$work/imgate.log" 2>&1 &
+  local pid=$!
+  # Under callgrind start-up takes seconds.
+  for _ in $(seq 300); do
+    curl -s -o /dev/null --max-time 1 "http://$ADMIN/healthz" && break
+    sleep 0.2
+  done
+  curl -s -o /dev/null -H 'Authorization: Bearer demo-key' "$URL"
+  : > "$work/urls"
+  for _ in $(seq "$n"); do printf 'url = "%s"\noutput = "/dev/null"\n' "$URL" >> "$work/urls"; done
+  curl -s -H 'Authorization: Bearer demo-key' -K "$work/urls"
+  kill -INT "$pid"
+  wait "$pid" || true
+}
+
+# cost FILE PATTERN: the inclusive instructions of the first function matching PATTERN.
+cost() {
+  callgrind_annotate --inclusive=yes --threshold=100 "$1" 2>/dev/null |
+    grep -m1 -E "$2" | awk '{gsub(",", "", $1); print $1}'
+}
+
+run 500
+run 2500
+per_hit() { echo $((($(cost "$work/callgrind.2500" "$1") - $(cost "$work/callgrind.500" "$1")) / 2000)); }
+echo "instructions per cache hit${LOG:+ (JSON access log on)}:"
+echo "  connection task    $(per_hit 'auto::Connection<I,S,E> as core::future::future::Future>::poll')"
+if [ -n "${LOG:-}" ]; then
+  echo "  log writer thread  $(per_hit 'tracing_appender::worker::Worker<T>::work')"
+fi
