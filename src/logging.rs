@@ -64,6 +64,45 @@ impl Logging {
     }
 }
 
+/// The log writer thread's output: buffered, and written out when the queue runs empty; under
+/// a steady stream of lines, at most once per [`GATHER`] (the thread waits out the rest of
+/// it first), so that a busy gateway's lines go out in a few large writes a millisecond rather
+/// than in a small write, and a wake-up of the thread, every few lines. A quiet gateway's line
+/// is written at once.
+struct Gathered<W: std::io::Write> {
+    out: std::io::BufWriter<W>,
+    last_write: std::time::Instant,
+}
+
+/// The shortest time between two writes of a busy log.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(1);
+
+impl<W: std::io::Write> Gathered<W> {
+    fn new(out: W) -> Gathered<W> {
+        Gathered {
+            out: std::io::BufWriter::with_capacity(WRITE_BUFFER, out),
+            last_write: std::time::Instant::now(),
+        }
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for Gathered<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.out.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let since = self.last_write.elapsed();
+        if since < GATHER {
+            // Lines arriving meanwhile wait in the queue for the next write.
+            std::thread::sleep(GATHER - since);
+        }
+        let flushed = self.out.flush();
+        self.last_write = std::time::Instant::now();
+        flushed
+    }
+}
+
 /// Logs to stdout in `format`, at `RUST_LOG`'s level if set, else at `level`. Returns `None` when
 /// a logger is already installed (as in tests that start several gateways in one process).
 pub fn init(format: LogFormat, level: &str) -> Option<Logging> {
@@ -77,10 +116,7 @@ pub fn init(format: LogFormat, level: &str) -> Option<Logging> {
         .thread_name("imgate-log")
         // Batched: the writer thread flushes whenever its queue runs empty, so a burst of lines
         // is one write instead of one per line (stdout alone flushes at every newline).
-        .finish(std::io::BufWriter::with_capacity(
-            WRITE_BUFFER,
-            std::io::stdout(),
-        ));
+        .finish(Gathered::new(std::io::stdout()));
     let dropped = writer.error_counter();
     let access = (format == LogFormat::Json).then(|| writer.clone());
     let builder = tracing_subscriber::fmt()
@@ -641,6 +677,39 @@ mod tests {
             assert_eq!(fast["request_id"], "a\"b\\c\n\u{1}张");
             assert_eq!(fast["total_ms"], 0.035);
         }
+    }
+
+    #[test]
+    fn a_busy_log_is_written_at_most_once_a_millisecond_and_loses_nothing() {
+        use std::io::Write;
+        #[derive(Clone, Default)]
+        struct Counting(Arc<Mutex<(usize, Vec<u8>)>>);
+        impl Write for Counting {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                let mut seen = self.0.lock().unwrap();
+                seen.0 += 1;
+                seen.1.extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let sink = Counting::default();
+        let mut log = Gathered::new(sink.clone());
+        let started = std::time::Instant::now();
+        for i in 0..50 {
+            writeln!(log, "line {i}").unwrap();
+            log.flush().unwrap();
+        }
+        let elapsed_ms = started.elapsed().as_millis() as usize;
+        let (writes, bytes) = sink.0.lock().unwrap().clone();
+        assert!(
+            writes <= elapsed_ms + 2,
+            "{writes} writes in {elapsed_ms} ms"
+        );
+        let expected: String = (0..50).map(|i| format!("line {i}\n")).collect();
+        assert_eq!(String::from_utf8(bytes).unwrap(), expected);
     }
 
     #[test]
