@@ -6,7 +6,7 @@
 //! with `-` where a request never got that far. Never a user id, key or token.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{MetricFamily, MetricType};
@@ -79,6 +79,17 @@ struct RequestMetrics {
     /// `imgate_cache_lookups_total` handles, resolved once: by [`Endpoint::index`] (cached
     /// endpoints only), then by [`CacheStatus`].
     cache_lookups: [Option<[IntCounter; 4]>; Endpoint::ALL.len()],
+    /// The series this shard's last request went to (only this shard's thread locks it).
+    last: Mutex<Option<LastSeries>>,
+}
+
+/// The handles of one request series: a caller's steady traffic to one endpoint finds them
+/// here instead of hashing its four labels (and locking the vec) on every request.
+struct LastSeries {
+    /// Client, app, endpoint, status.
+    labels: [String; 4],
+    requests: IntCounter,
+    duration: Histogram,
 }
 
 impl RequestMetrics {
@@ -116,6 +127,7 @@ impl RequestMetrics {
             http_duration,
             cache_lookups_vec,
             cache_lookups,
+            last: Mutex::new(None),
         })
     }
 
@@ -343,14 +355,20 @@ impl Metrics {
     /// Records one answered request.
     pub fn request(&self, client: &str, app: &str, endpoint: &str, status: &str, seconds: f64) {
         let shard = self.per_request.local();
-        shard
-            .http_requests
-            .with_label_values(&[client, app, endpoint, status])
-            .inc();
-        shard
-            .http_duration
-            .with_label_values(&[endpoint])
-            .observe(seconds);
+        let labels = [client, app, endpoint, status];
+        let mut last = shard.last.lock().unwrap_or_else(PoisonError::into_inner);
+        let same = |series: &LastSeries| series.labels.iter().zip(labels).all(|(a, b)| a == b);
+        if !last.as_ref().is_some_and(same) {
+            *last = Some(LastSeries {
+                labels: labels.map(str::to_owned),
+                requests: shard.http_requests.with_label_values(&labels),
+                duration: shard.http_duration.with_label_values(&[endpoint]),
+            });
+        }
+        if let Some(series) = last.as_ref() {
+            series.requests.inc();
+            series.duration.observe(seconds);
+        }
     }
 
     /// Records one vendor call; `status` is the vendor's status or `error`/`timeout`.
@@ -484,6 +502,30 @@ mod tests {
         ));
         assert!(text.contains(
             r#"imgate_cache_lookups_total{endpoint="offline_msg_count",result="hit"} 6"#
+        ));
+    }
+
+    #[test]
+    fn a_thread_switching_between_series_counts_each_in_its_own() {
+        let m = Metrics::new(Registry::new()).unwrap();
+        for (client, status) in [
+            ("a", "200"),
+            ("a", "200"),
+            ("b", "200"),
+            ("a", "429"),
+            ("a", "200"),
+        ] {
+            m.request(client, "app", "offline_msg_count", status, 0.002);
+        }
+        let text = String::from_utf8(m.encode()).unwrap();
+        for (client, status, count) in [("a", "200", 3), ("b", "200", 1), ("a", "429", 1)] {
+            let line = format!(
+                r#"imgate_http_requests_total{{app="app",client="{client}",endpoint="offline_msg_count",status="{status}"}} {count}"#
+            );
+            assert!(text.contains(&line), "{line}\n{text}");
+        }
+        assert!(text.contains(
+            r#"imgate_http_request_duration_seconds_count{endpoint="offline_msg_count"} 5"#
         ));
     }
 
