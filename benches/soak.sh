@@ -98,9 +98,15 @@ done
 set_phase calm
 wait "$load" || true
 
-# Still serving after the soak: one honest read must be answered 200.
-final=$(curl -s -o /dev/null -w '%{http_code}' -H 'Authorization: Bearer demo-key' \
-  "http://$GW/demo-org/demo-app/users/soak-final/offline_msg_count")
+# Still serving after the soak: an honest read must be answered 200 within 10 s. Not at once:
+# after a fault phase of vendor 503s imgate holds the endpoint's vendor calls off for up to 5 s
+# (its adaptive pause), answering 429 imgate_vendor_quota meanwhile, by design.
+for _ in $(seq 20); do
+  final=$(curl -s -o /dev/null -w '%{http_code}' -H 'Authorization: Bearer demo-key' \
+    "http://$GW/demo-org/demo-app/users/soak-final/offline_msg_count")
+  [ "$final" = 200 ] && break
+  sleep 0.5
+done
 
 echo "== soak: ${MINUTES} min, $CONNS connections, fault phases of ${PHASE_SECS}s: ${phases[*]}"
 grep -E '^ +[0-9]+ requests in|Requests/sec|^statuses:|^socket errors:' "$OUT/wrk.txt" || cat "$OUT/wrk.txt"
