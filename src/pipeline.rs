@@ -140,13 +140,6 @@ pub async fn handle(
         }
     };
     let status = response.status();
-    if !trace.headers_complete {
-        if let Some((policy, remaining, reset)) = trace.rate {
-            let headers = response.headers_mut();
-            headers.insert(RATELIMIT_POLICY.clone(), policy.clone());
-            headers.insert(RATELIMIT.clone(), rate_limit_value(remaining, reset));
-        }
-    }
     let seconds = started.elapsed().as_secs_f64();
     gateway.metrics.request(
         trace.client,
@@ -174,13 +167,12 @@ pub async fn handle(
     };
     logging::access(gateway.access_log(), &record);
     if !trace.headers_complete {
-        let request_id = match request_id {
-            RequestId::Caller(value) => value,
-            new => new.header_value(),
-        };
-        response
-            .headers_mut()
-            .insert(X_REQUEST_ID.clone(), request_id);
+        let headers = response.headers_mut();
+        if let Some((policy, remaining, reset)) = trace.rate {
+            headers.insert(RATELIMIT_POLICY.clone(), policy.clone());
+            headers.insert(RATELIMIT.clone(), rate_limit_value(remaining, reset));
+        }
+        headers.insert(X_REQUEST_ID.clone(), request_id.into_header_value());
     }
     response
 }
@@ -602,26 +594,24 @@ fn cached_response(
     response
 }
 
-/// The headers of a cached answer, in order; the `RateLimit` pair only for a client with a
-/// quota. Values are set per answer ([`filled`]).
-static HIT_HEADERS: LazyLock<HeaderMap> =
-    LazyLock::new(|| template([&CONTENT_TYPE, &X_CACHE, &AGE, &X_REQUEST_ID]));
-static HIT_HEADERS_RATED: LazyLock<HeaderMap> = LazyLock::new(|| {
-    template([
-        &CONTENT_TYPE,
-        &X_CACHE,
-        &AGE,
-        &X_REQUEST_ID,
-        &RATELIMIT_POLICY,
-        &RATELIMIT,
-    ])
-});
+/// The headers of a cached answer, in order; the last two (the `RateLimit` pair) only for a
+/// client with a quota. Values are set per answer ([`filled`]).
+static HIT_HEADER_NAMES: [&HeaderName; 6] = [
+    &CONTENT_TYPE,
+    &X_CACHE,
+    &AGE,
+    &X_REQUEST_ID,
+    &RATELIMIT_POLICY,
+    &RATELIMIT,
+];
+static HIT_HEADERS: LazyLock<HeaderMap> = LazyLock::new(|| template(&HIT_HEADER_NAMES[..4]));
+static HIT_HEADERS_RATED: LazyLock<HeaderMap> = LazyLock::new(|| template(&HIT_HEADER_NAMES));
 
 /// A header map with these names (and empty values), in this order.
-fn template<'n>(names: impl IntoIterator<Item = &'n HeaderName>) -> HeaderMap {
+fn template(names: &[&HeaderName]) -> HeaderMap {
     let mut map = HeaderMap::new();
     for name in names {
-        map.append(name.clone(), HeaderValue::from_static(""));
+        map.append((*name).clone(), HeaderValue::from_static(""));
     }
     map
 }
@@ -688,15 +678,10 @@ mod tests {
         let values = ["a", "b", "c", "d", "e", "f"].map(HeaderValue::from_static);
         let headers = filled(&HIT_HEADERS_RATED, values.clone());
         assert_eq!(headers.len(), 6);
-        let names = [
-            &CONTENT_TYPE,
-            &X_CACHE,
-            &AGE,
-            &X_REQUEST_ID,
-            &RATELIMIT_POLICY,
-            &RATELIMIT,
-        ];
-        for (name, value) in names.into_iter().zip(["a", "b", "c", "d", "e", "f"]) {
+        for (name, value) in HIT_HEADER_NAMES
+            .into_iter()
+            .zip(["a", "b", "c", "d", "e", "f"])
+        {
             assert_eq!(headers[name], value, "{name}");
         }
         assert_eq!(filled(&HIT_HEADERS, values).len(), 4);

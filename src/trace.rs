@@ -52,10 +52,15 @@ impl RequestId {
 
     /// The id as a header value.
     pub fn header_value(&self) -> HeaderValue {
+        self.clone().into_header_value()
+    }
+
+    /// The id as a header value, taking the caller's own without a copy.
+    pub fn into_header_value(self) -> HeaderValue {
         match self {
-            RequestId::Caller(value) => value.clone(),
+            RequestId::Caller(value) => value,
             RequestId::New(digits) => {
-                HeaderValue::from_bytes(digits).unwrap_or(HeaderValue::from_static("-"))
+                HeaderValue::from_bytes(&digits).unwrap_or(HeaderValue::from_static("-"))
             }
         }
     }
