@@ -34,6 +34,7 @@ pub mod cache;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod conn_threads;
 pub mod demo;
 pub mod emulator;
 pub mod error;

@@ -40,6 +40,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
 use tokio_io_timeout::TimeoutStream;
 
+use crate::conn_threads::ConnThreads;
 use crate::gateway::Gateway;
 use crate::{admin, pipeline};
 
@@ -77,6 +78,9 @@ pub struct ConnLimits {
     pub max_connections: usize,
     /// Time in-flight requests get to finish once shutdown starts.
     pub drain_timeout: Duration,
+    /// Threads of its own that serve the listener's connections ([`ConnThreads`]); 0 serves
+    /// them on the calling runtime.
+    pub conn_threads: usize,
 }
 
 /// hyper refuses an HTTP/1 read buffer smaller than this.
@@ -93,6 +97,7 @@ impl Default for ConnLimits {
             max_header_bytes: 32 * 1024,
             max_connections: 10_000,
             drain_timeout: Duration::from_secs(10),
+            conn_threads: 0,
         }
     }
 }
@@ -132,6 +137,7 @@ pub async fn serve<C, H, F>(
     F: Future<Output = HandlerResult> + Send + 'static,
 {
     let builder = Arc::new(limits.builder());
+    let threads = ConnThreads::start(limits.conn_threads, "imgate-conn");
     let limits = Arc::new(limits);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     // Every connection task holds a sender: the channel closes when the last one ends.
@@ -169,7 +175,7 @@ pub async fn serve<C, H, F>(
         let connect = connect.clone();
         let tls = tls.as_ref().map(|t| t.load_full());
         let alive = alive.clone();
-        tokio::spawn(async move {
+        threads.spawn(stream, move |stream| async move {
             let _permit = permit;
             let _alive = alive;
             conn.run(stream, tls, connect(peer)).await;
@@ -399,7 +405,11 @@ pub async fn run(listeners: Listeners, gateway: Arc<Gateway>, shutdown: impl Fut
     let admin_gateway = gateway.clone();
     let admin = serve(
         listeners.admin,
-        gateway.conn_limits.clone(),
+        // A few requests a minute: the shared runtime serves them.
+        ConnLimits {
+            conn_threads: 0,
+            ..gateway.conn_limits.clone()
+        },
         None,
         move |_peer| {
             let gateway = admin_gateway.clone();

@@ -86,6 +86,10 @@ pub struct RawServer {
     /// On SIGTERM, readiness fails at once but the listeners keep accepting for this long, so
     /// that load balancers notice first, in milliseconds.
     pub shutdown_delay_ms: u64,
+    /// Threads of their own that serve the API listener's connections, one event loop each
+    /// (unset: one per core; 0: the shared runtime serves them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conn_threads: Option<usize>,
 }
 
 impl Default for RawServer {
@@ -105,6 +109,7 @@ impl Default for RawServer {
             tls_key: None,
             drain_timeout_ms: 10_000,
             shutdown_delay_ms: 5_000,
+            conn_threads: None,
         }
     }
 }

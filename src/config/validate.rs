@@ -301,6 +301,9 @@ fn listeners(s: &RawServer, found: &mut Findings) -> (Option<SocketAddr>, Option
     (listen, admin)
 }
 
+/// More connection threads than this is a typo, not a machine.
+const MAX_CONN_THREADS: usize = 1024;
+
 fn conn_limits(s: &RawServer, found: &mut Findings) -> Option<ConnLimits> {
     let mut ms = |field: &str, value: u64| {
         found
@@ -316,6 +319,17 @@ fn conn_limits(s: &RawServer, found: &mut Findings) -> Option<ConnLimits> {
         "server.max_concurrent_streams",
         u64::from(s.max_concurrent_streams),
     );
+    let conn_threads = match s.conn_threads {
+        None => Some(std::thread::available_parallelism().map_or(1, usize::from)),
+        Some(n) if n <= MAX_CONN_THREADS => Some(n),
+        Some(n) => {
+            found.error(
+                "server.conn_threads",
+                format!("must be at most {MAX_CONN_THREADS}, not {n}"),
+            );
+            None
+        }
+    };
     if !(1..=1 << 20).contains(&s.max_header_bytes) {
         found.error(
             "server.max_header_bytes",
@@ -331,6 +345,7 @@ fn conn_limits(s: &RawServer, found: &mut Findings) -> Option<ConnLimits> {
         max_header_bytes: s.max_header_bytes,
         max_connections: max_connections? as usize,
         drain_timeout: Duration::from_millis(s.drain_timeout_ms),
+        conn_threads: conn_threads?,
     })
 }
 
