@@ -980,6 +980,26 @@ mod tests {
     }
 
     #[test]
+    fn connection_threads_default_to_one_per_core() {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let of = |text: &str| {
+            RawConfig::parse(text)
+                .unwrap()
+                .validate()
+                .unwrap()
+                .conn_limits
+                .conn_threads
+        };
+        assert_eq!(of(GOOD), cores);
+        assert_eq!(of(&format!("{GOOD}\n[server]\nconn_threads = 0")), 0);
+        assert_eq!(of(&format!("{GOOD}\n[server]\nconn_threads = 3")), 3);
+        assert_eq!(
+            error_of(&format!("{GOOD}\n[server]\nconn_threads = 5000")),
+            "server.conn_threads: must be at most 1024, not 5000"
+        );
+    }
+
+    #[test]
     fn listeners_may_not_share_a_port() {
         for (listen, admin) in [
             ("127.0.0.1:8080", "127.0.0.1:8080"),
