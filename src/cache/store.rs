@@ -11,9 +11,21 @@
 //! entries for the longest lifetime any entry may have (an hour for delivered statuses). A
 //! bucket is replaced whole on every change, through moka's per-key serialised
 //! `and_compute_with`, so that no concurrent change is lost.
+//!
+//! In front of moka each thread keeps the entries it found last, in a small table of its own
+//! ([`Front`]): a hit there touches no memory that other threads write (moka's read log, the
+//! bucket's reference count, its access time), which on a hot key cost more than the rest of
+//! the lookup. A copy is good while the generation of its key's slot is the one it was found
+//! under: every change to a key (insert, remove) bumps its slot's generation once moka holds
+//! the change, and a change to many (`remove_if`, `clear`) bumps them all; a copy is taken
+//! under the generation read before moka was asked, so it can only be older than a change that
+//! bumped it. Hits served from a thread's table are not reported to moka, which may then evict
+//! a hot bucket first when the store is full: the copies stay servable (they are not stale,
+//! only out of moka's count) until their key changes.
 
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use moka::future::Cache as Moka;
@@ -21,6 +33,7 @@ use moka::ops::compute::Op;
 use moka::Expiry;
 
 use super::Entry;
+use crate::shards::Shards;
 
 /// Average entries per bucket the store is sized for.
 const PER_BUCKET: u64 = 8;
@@ -81,12 +94,49 @@ impl Hasher for BucketHasher {
     }
 }
 
+/// Generation slots: keys share one when their bits say so (a change to one key then only
+/// costs the others a trip to moka).
+const GENERATIONS: usize = 4096;
+/// Entries in each thread's table.
+const FRONT_SLOTS: usize = 1024;
+
+/// One thread's last-found entries, direct-mapped by key bits, each with the generation it was
+/// found under.
+#[derive(Default)]
+struct Front {
+    slots: Vec<Option<(u128, u64, Arc<Entry>)>>,
+}
+
+impl Front {
+    fn slot(key: u128) -> usize {
+        (key >> 96) as usize & (FRONT_SLOTS - 1)
+    }
+
+    fn get(&self, key: u128, generation: u64) -> Option<Arc<Entry>> {
+        match self.slots.get(Self::slot(key))? {
+            Some((k, g, entry)) if *k == key && *g == generation => Some(entry.clone()),
+            _ => None,
+        }
+    }
+
+    fn put(&mut self, key: u128, generation: u64, entry: Arc<Entry>) {
+        if self.slots.is_empty() {
+            self.slots.resize(FRONT_SLOTS, None);
+        }
+        self.slots[Self::slot(key)] = Some((key, generation, entry));
+    }
+}
+
 /// A bounded store of entries by 128-bit key.
 pub struct Store {
     buckets: Moka<u64, Bucket, BuildHasherDefault<BucketHasher>>,
     mask: u64,
     /// Most entries per bucket: never more than the whole store may hold.
     per_bucket: usize,
+    /// Each thread's last-found entries (see the module notes).
+    front: Shards<Mutex<Front>>,
+    /// Bumped by every change to a key of the slot.
+    generations: Box<[AtomicU64]>,
 }
 
 impl Store {
@@ -101,6 +151,8 @@ impl Store {
                 .build_with_hasher(BuildHasherDefault::default()),
             mask: buckets - 1,
             per_bucket: max_entries.clamp(1, MAX_PER_BUCKET) as usize,
+            front: Shards::new(Mutex::default),
+            generations: (0..GENERATIONS).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
@@ -108,10 +160,28 @@ impl Store {
         (key as u64) & self.mask
     }
 
+    fn generation(&self, key: u128) -> &AtomicU64 {
+        &self.generations[(key >> 64) as usize & (GENERATIONS - 1)]
+    }
+
     /// The entry of `key`, unless it has outlived its stale windows at `now`.
     pub async fn get(&self, key: u128, now: Instant) -> Option<Arc<Entry>> {
-        let bucket = self.buckets.get(&self.bucket(key)).await?;
-        let entry = bucket.iter().find(|(k, _)| *k == key)?.1.clone();
+        // Read before moka is asked: a change that lands meanwhile makes the copy old.
+        let generation = self.generation(key).load(Ordering::Acquire);
+        let front = self.front.local();
+        // Never waits: a table that another thread sharing the shard holds is skipped.
+        let copy = front.try_lock().ok().and_then(|f| f.get(key, generation));
+        let entry = match copy {
+            Some(entry) => entry,
+            None => {
+                let bucket = self.buckets.get(&self.bucket(key)).await?;
+                let entry = bucket.iter().find(|(k, _)| *k == key)?.1.clone();
+                if let Ok(mut front) = front.try_lock() {
+                    front.put(key, generation, entry.clone());
+                }
+                entry
+            }
+        };
         entry.is_alive(now).then_some(entry)
     }
 
@@ -164,6 +234,14 @@ impl Store {
                 std::future::ready(op)
             })
             .await;
+        self.generation(key).fetch_add(1, Ordering::Release);
+    }
+
+    /// Makes every thread's copies old (after a change to many keys).
+    fn bump_all(&self) {
+        for generation in &*self.generations {
+            generation.fetch_add(1, Ordering::Release);
+        }
     }
 
     /// Drops every entry for which `doomed` holds.
@@ -195,11 +273,13 @@ impl Store {
                 })
                 .await;
         }
+        self.bump_all();
     }
 
     /// Drops everything.
     pub fn clear(&self) {
         self.buckets.invalidate_all();
+        self.bump_all();
     }
 
     /// Live entries (walks every bucket: for metrics, not for requests); pending evictions
@@ -237,6 +317,64 @@ mod tests {
             0,
             Body::Json(Default::default()),
         ))
+    }
+
+    /// Runs `f` on a thread of its own (its own front table) and waits for it.
+    fn on_another_thread<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|s| s.spawn(f).join().unwrap())
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn a_threads_copy_never_outlives_a_change_made_on_another_thread() {
+        let store = Store::new(1000);
+        let (a, b) = (entry(60_000), entry(60_000));
+        let (pa, pb) = (Arc::as_ptr(&a) as usize, Arc::as_ptr(&b) as usize);
+        // Keys that share a bucket or a generation slot with one another.
+        let keys = [7u128, 7 | (1 << 96), 7 | (5 << 64)];
+        for key in keys {
+            block_on(store.insert(key, a.clone()));
+        }
+        let seen = |store: &Store, key| {
+            block_on(store.get(key, Instant::now())).map(|e| Arc::as_ptr(&e) as usize)
+        };
+        // Both threads hold copies; a hit from the table is the same entry.
+        for key in keys {
+            assert_eq!(seen(&store, key), Some(pa));
+            assert_eq!(seen(&store, key), Some(pa));
+            assert_eq!(on_another_thread(|| seen(&store, key)), Some(pa));
+        }
+        // Replaced elsewhere: every thread sees the new entry at once.
+        on_another_thread(|| block_on(store.insert(keys[0], b.clone())));
+        assert_eq!(seen(&store, keys[0]), Some(pb));
+        block_on(store.remove(keys[1]));
+        assert_eq!(on_another_thread(|| seen(&store, keys[1])), None);
+        assert_eq!(seen(&store, keys[1]), None);
+        // Untouched keys are still served, from the tables or moka alike.
+        assert_eq!(seen(&store, keys[2]), Some(pa));
+        block_on(store.remove_if(|_| true));
+        assert_eq!(seen(&store, keys[0]), None);
+        assert_eq!(on_another_thread(|| seen(&store, keys[2])), None);
+        block_on(store.insert(keys[2], b.clone()));
+        assert_eq!(seen(&store, keys[2]), Some(pb));
+        store.clear();
+        assert_eq!(seen(&store, keys[2]), None);
+        assert_eq!(on_another_thread(|| seen(&store, keys[2])), None);
+    }
+
+    #[tokio::test]
+    async fn a_copy_of_a_dead_entry_is_not_served() {
+        let store = Store::new(1000);
+        store.insert(3, entry(30)).await;
+        assert!(store.get(3, Instant::now()).await.is_some());
+        let later = Instant::now() + Duration::from_millis(31);
+        assert!(store.get(3, later).await.is_none());
     }
 
     #[tokio::test]
