@@ -3,7 +3,7 @@
 # `cache` and by a bare hyper server answering a fixed body (the ceiling), side by side in one
 # run, with one load generator (wrk) and one connection count. docs/architecture.md,
 # "Performance targets": imgate's hit path should reach >= 1.5x nginx and >= 1x HAProxy in
-# requests/s with a p99 no worse than either, and >= 70% of the ceiling.
+# requests/s with a p99 no worse than either, and >= 85% of the ceiling.
 #
 #   bash benches/cache.sh                 # 10 s per run, about 2 minutes in all
 #   DURATION=5 bash benches/cache.sh      # shorter (keep it under ~50 s: the caches hold 60 s)
