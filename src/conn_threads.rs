@@ -57,32 +57,7 @@ impl ConnThreads {
     /// left out (its connections then go to the others, or to the calling runtime).
     pub fn start(count: usize, name: &str) -> ConnThreads {
         let workers = (0..count)
-            .filter_map(|i| {
-                let (jobs, queue) = mpsc::unbounded_channel();
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build();
-                let runtime = match runtime {
-                    Ok(runtime) => runtime,
-                    Err(err) => {
-                        tracing::warn!(error = %err, "connection thread: no runtime");
-                        return None;
-                    }
-                };
-                let started = std::thread::Builder::new()
-                    .name(format!("{name}-{i}"))
-                    .spawn(move || runtime.block_on(run_jobs(queue)));
-                match started {
-                    Ok(_) => Some(Worker {
-                        jobs,
-                        open: Arc::new(AtomicUsize::new(0)),
-                    }),
-                    Err(err) => {
-                        tracing::warn!(error = %err, "connection thread did not start");
-                        None
-                    }
-                }
-            })
+            .filter_map(|i| start_thread(&format!("{name}-{i}")))
             .collect();
         ConnThreads { workers }
     }
@@ -122,6 +97,25 @@ impl ConnThreads {
             }
         }
     }
+}
+
+/// Starts one connection thread, its runtime built first (so that a failure is known here).
+fn start_thread(name: &str) -> Option<Worker> {
+    let (jobs, queue) = mpsc::unbounded_channel();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| tracing::warn!(error = %err, "connection thread: no runtime"))
+        .ok()?;
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || runtime.block_on(run_jobs(queue)))
+        .map_err(|err| tracing::warn!(error = %err, "connection thread did not start"))
+        .ok()?;
+    Some(Worker {
+        jobs,
+        open: Arc::new(AtomicUsize::new(0)),
+    })
 }
 
 /// A connection thread's loop: each connection handed over becomes a task of this thread.

@@ -18,6 +18,11 @@ thread_local! {
     static THREAD: Cell<usize> = const { Cell::new(usize::MAX) };
 }
 
+/// The cores this process may use (its CPU quota included), 1 when unknown.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
 fn thread_number() -> usize {
     THREAD.with(|n| {
         if n.get() == usize::MAX {
@@ -42,8 +47,7 @@ impl<T> Shards<T> {
 
     /// Like [`Shards::new`], with a `make` that may fail.
     pub fn try_new<E>(mut make: impl FnMut() -> Result<T, E>) -> Result<Shards<T>, E> {
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        let count = (cores * 2).next_power_of_two();
+        let count = (cores() * 2).next_power_of_two();
         let shards = (0..count)
             .map(|_| make().map(CachePadded::new))
             .collect::<Result<_, E>>()?;

@@ -133,7 +133,8 @@ pub struct Store {
     mask: u64,
     /// Most entries per bucket: never more than the whole store may hold.
     per_bucket: usize,
-    /// Each thread's last-found entries (see the module notes).
+    /// Each thread's last-found entries (a shard's, when threads share one; see the module
+    /// notes).
     front: Shards<Mutex<Front>>,
     /// Bumped by every change to a key of the slot.
     generations: Box<[AtomicU64]>,

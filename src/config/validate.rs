@@ -320,7 +320,7 @@ fn conn_limits(s: &RawServer, found: &mut Findings) -> Option<ConnLimits> {
         u64::from(s.max_concurrent_streams),
     );
     let conn_threads = match s.conn_threads {
-        None => Some(std::thread::available_parallelism().map_or(1, usize::from)),
+        None => Some(crate::shards::cores()),
         Some(n) if n <= MAX_CONN_THREADS => Some(n),
         Some(n) => {
             found.error(
@@ -981,7 +981,7 @@ mod tests {
 
     #[test]
     fn connection_threads_default_to_one_per_core() {
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let cores = crate::shards::cores();
         let of = |text: &str| {
             RawConfig::parse(text)
                 .unwrap()
