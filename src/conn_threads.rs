@@ -99,20 +99,11 @@ impl ConnThreads {
     }
 }
 
-/// How many tasks a connection thread runs between two looks at its sockets: one. tokio's
-/// default (61) lets a busy thread work through a batch of ready connections before it sees
-/// the requests that arrived meanwhile. Looking after every task costs an `epoll_wait` per
-/// request under load (none more when idle: an empty queue looks anyway), about 0.9 µs of CPU
-/// per cache hit, and shortens the tail when the cores are shared: wrk on the same two cores,
-/// alternating runs, p99 4.0–7.4 ms → 1.9–3.2 ms (README, "Performance").
-const EVENT_INTERVAL: u32 = 1;
-
 /// Starts one connection thread, its runtime built first (so that a failure is known here).
 fn start_thread(name: &str) -> Option<Worker> {
     let (jobs, queue) = mpsc::unbounded_channel();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .event_interval(EVENT_INTERVAL)
         .build()
         .map_err(|err| tracing::warn!(error = %err, "connection thread: no runtime"))
         .ok()?;
@@ -186,69 +177,6 @@ mod tests {
         assert!(per_thread.values().all(|&n| n == 3), "{per_thread:?}");
         assert!(per_thread.keys().all(|name| name.starts_with("test-conn-")));
         hold.notify_waiters();
-    }
-
-    /// A task that stays ready for up to `limit` polls, each about 50 µs of work, counting them.
-    struct Spinner {
-        polls: Arc<AtomicUsize>,
-        limit: usize,
-    }
-
-    impl Future for Spinner {
-        type Output = ();
-        fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-            let started = std::time::Instant::now();
-            while started.elapsed() < std::time::Duration::from_micros(50) {
-                std::hint::spin_loop();
-            }
-            if self.polls.fetch_add(1, Ordering::SeqCst) + 1 >= self.limit {
-                return std::task::Poll::Ready(());
-            }
-            cx.waker().wake_by_ref();
-            std::task::Poll::Pending
-        }
-    }
-
-    #[tokio::test]
-    async fn a_busy_thread_reads_a_new_request_after_the_task_it_is_running() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let threads = ConnThreads::start(1, "busy-conn");
-        for _ in 0..5 {
-            let client = TcpStream::connect(listener.local_addr().unwrap());
-            let (mut client, (accepted, _)) =
-                tokio::join!(async { client.await.unwrap() }, async {
-                    listener.accept().await.unwrap()
-                });
-            let polls = Arc::new(AtomicUsize::new(0));
-            let spinner = Spinner {
-                polls: polls.clone(),
-                limit: 5_000,
-            };
-            let seen = polls.clone();
-            // The connection's task keeps the thread busy with a task that is always ready,
-            // then answers a byte with the number of the spinner's polls at the moment it read it.
-            threads.spawn(accepted, move |mut stream| async move {
-                tokio::spawn(spinner);
-                let mut byte = [0u8];
-                if stream.read_exact(&mut byte).await.is_ok() {
-                    let at_read = seen.load(Ordering::SeqCst) as u64;
-                    let _ = stream.write_all(&at_read.to_be_bytes()).await;
-                }
-            });
-            while polls.load(Ordering::SeqCst) < 100 {
-                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-            }
-            client.write_all(b"?").await.unwrap();
-            // Counted once the byte is on its way (this thread may lose its core at any time).
-            let sent_at = polls.load(Ordering::SeqCst) as u64;
-            let read_at = client.read_u64().await.unwrap();
-            // tokio's default would leave the request unread for up to 61 of the spinner's polls.
-            assert!(
-                read_at.saturating_sub(sent_at) <= 8,
-                "the request waited {} polls of a busy task",
-                read_at - sent_at
-            );
-        }
     }
 
     #[tokio::test]
