@@ -81,6 +81,8 @@ pub struct ConnLimits {
     /// Threads of its own that serve the listener's connections ([`ConnThreads`]); 0 serves
     /// them on the calling runtime.
     pub conn_threads: usize,
+    /// Work without sleeping after which a connection thread gives its core up (never: `None`).
+    pub busy_yield: Option<Duration>,
 }
 
 /// hyper refuses an HTTP/1 read buffer smaller than this.
@@ -98,6 +100,7 @@ impl Default for ConnLimits {
             max_connections: 10_000,
             drain_timeout: Duration::from_secs(10),
             conn_threads: 0,
+            busy_yield: None,
         }
     }
 }
@@ -137,7 +140,7 @@ pub async fn serve<C, H, F>(
     F: Future<Output = HandlerResult> + Send + 'static,
 {
     let builder = Arc::new(limits.builder());
-    let threads = ConnThreads::start(limits.conn_threads, "imgate-conn");
+    let threads = ConnThreads::start(limits.conn_threads, "imgate-conn", limits.busy_yield);
     let limits = Arc::new(limits);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     // Every connection task holds a sender: the channel closes when the last one ends.

@@ -304,6 +304,9 @@ fn listeners(s: &RawServer, found: &mut Findings) -> (Option<SocketAddr>, Option
 /// More connection threads than this is a typo, not a machine.
 const MAX_CONN_THREADS: usize = 1024;
 
+/// Beyond a second the scheduler's own tick comes first: a typo.
+const MAX_BUSY_YIELD_MS: u64 = 1000;
+
 fn conn_limits(s: &RawServer, found: &mut Findings) -> Option<ConnLimits> {
     let mut ms = |field: &str, value: u64| {
         found
@@ -330,6 +333,17 @@ fn conn_limits(s: &RawServer, found: &mut Findings) -> Option<ConnLimits> {
             None
         }
     };
+    let busy_yield = match s.busy_yield_ms {
+        0 => Some(None),
+        ms @ 1..=MAX_BUSY_YIELD_MS => Some(Some(Duration::from_millis(ms))),
+        ms => {
+            found.error(
+                "server.busy_yield_ms",
+                format!("must be at most {MAX_BUSY_YIELD_MS} (0: never), not {ms}"),
+            );
+            None
+        }
+    };
     if !(1..=1 << 20).contains(&s.max_header_bytes) {
         found.error(
             "server.max_header_bytes",
@@ -346,6 +360,7 @@ fn conn_limits(s: &RawServer, found: &mut Findings) -> Option<ConnLimits> {
         max_connections: max_connections? as usize,
         drain_timeout: Duration::from_millis(s.drain_timeout_ms),
         conn_threads: conn_threads?,
+        busy_yield: busy_yield?,
     })
 }
 
@@ -996,6 +1011,28 @@ mod tests {
         assert_eq!(
             error_of(&format!("{GOOD}\n[server]\nconn_threads = 5000")),
             "server.conn_threads: must be at most 1024, not 5000"
+        );
+    }
+
+    #[test]
+    fn connection_threads_yield_after_a_millisecond_of_work_by_default() {
+        let of = |text: &str| {
+            RawConfig::parse(text)
+                .unwrap()
+                .validate()
+                .unwrap()
+                .conn_limits
+                .busy_yield
+        };
+        assert_eq!(of(GOOD), Some(Duration::from_millis(1)));
+        assert_eq!(of(&format!("{GOOD}\n[server]\nbusy_yield_ms = 0")), None);
+        assert_eq!(
+            of(&format!("{GOOD}\n[server]\nbusy_yield_ms = 5")),
+            Some(Duration::from_millis(5))
+        );
+        assert_eq!(
+            error_of(&format!("{GOOD}\n[server]\nbusy_yield_ms = 5000")),
+            "server.busy_yield_ms: must be at most 1000 (0: never), not 5000"
         );
     }
 
