@@ -91,8 +91,8 @@ pub struct RawServer {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conn_threads: Option<usize>,
     /// A connection thread that has worked this long without sleeping gives its core up to
-    /// whatever waits for it, in milliseconds (0: never).
-    pub busy_yield_ms: u64,
+    /// whatever waits for it, in microseconds (0: never).
+    pub busy_yield_us: u64,
 }
 
 impl Default for RawServer {
@@ -113,7 +113,7 @@ impl Default for RawServer {
             drain_timeout_ms: 10_000,
             shutdown_delay_ms: 5_000,
             conn_threads: None,
-            busy_yield_ms: 1,
+            busy_yield_us: 250,
         }
     }
 }

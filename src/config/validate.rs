@@ -305,7 +305,7 @@ fn listeners(s: &RawServer, found: &mut Findings) -> (Option<SocketAddr>, Option
 const MAX_CONN_THREADS: usize = 1024;
 
 /// Beyond a second the scheduler's own tick comes first: a typo.
-const MAX_BUSY_YIELD_MS: u64 = 1000;
+const MAX_BUSY_YIELD_US: u64 = 1_000_000;
 
 fn conn_limits(s: &RawServer, found: &mut Findings) -> Option<ConnLimits> {
     let mut ms = |field: &str, value: u64| {
@@ -333,13 +333,13 @@ fn conn_limits(s: &RawServer, found: &mut Findings) -> Option<ConnLimits> {
             None
         }
     };
-    let busy_yield = match s.busy_yield_ms {
+    let busy_yield = match s.busy_yield_us {
         0 => Some(None),
-        ms @ 1..=MAX_BUSY_YIELD_MS => Some(Some(Duration::from_millis(ms))),
-        ms => {
+        us @ 1..=MAX_BUSY_YIELD_US => Some(Some(Duration::from_micros(us))),
+        us => {
             found.error(
-                "server.busy_yield_ms",
-                format!("must be at most {MAX_BUSY_YIELD_MS} (0: never), not {ms}"),
+                "server.busy_yield_us",
+                format!("must be at most {MAX_BUSY_YIELD_US} (0: never), not {us}"),
             );
             None
         }
@@ -1015,7 +1015,7 @@ mod tests {
     }
 
     #[test]
-    fn connection_threads_yield_after_a_millisecond_of_work_by_default() {
+    fn connection_threads_yield_after_250_microseconds_of_work_by_default() {
         let of = |text: &str| {
             RawConfig::parse(text)
                 .unwrap()
@@ -1024,15 +1024,15 @@ mod tests {
                 .conn_limits
                 .busy_yield
         };
-        assert_eq!(of(GOOD), Some(Duration::from_millis(1)));
-        assert_eq!(of(&format!("{GOOD}\n[server]\nbusy_yield_ms = 0")), None);
+        assert_eq!(of(GOOD), Some(Duration::from_micros(250)));
+        assert_eq!(of(&format!("{GOOD}\n[server]\nbusy_yield_us = 0")), None);
         assert_eq!(
-            of(&format!("{GOOD}\n[server]\nbusy_yield_ms = 5")),
+            of(&format!("{GOOD}\n[server]\nbusy_yield_us = 5000")),
             Some(Duration::from_millis(5))
         );
         assert_eq!(
-            error_of(&format!("{GOOD}\n[server]\nbusy_yield_ms = 5000")),
-            "server.busy_yield_ms: must be at most 1000 (0: never), not 5000"
+            error_of(&format!("{GOOD}\n[server]\nbusy_yield_us = 5000000")),
+            "server.busy_yield_us: must be at most 1000000 (0: never), not 5000000"
         );
     }
 
