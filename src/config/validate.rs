@@ -994,17 +994,19 @@ mod tests {
         );
     }
 
+    /// The connection limits a valid config text sets.
+    fn conn_limits_of(text: &str) -> ConnLimits {
+        RawConfig::parse(text)
+            .unwrap()
+            .validate()
+            .unwrap()
+            .conn_limits
+    }
+
     #[test]
     fn connection_threads_default_to_one_per_core() {
         let cores = crate::shards::cores();
-        let of = |text: &str| {
-            RawConfig::parse(text)
-                .unwrap()
-                .validate()
-                .unwrap()
-                .conn_limits
-                .conn_threads
-        };
+        let of = |text: &str| conn_limits_of(text).conn_threads;
         assert_eq!(of(GOOD), cores);
         assert_eq!(of(&format!("{GOOD}\n[server]\nconn_threads = 0")), 0);
         assert_eq!(of(&format!("{GOOD}\n[server]\nconn_threads = 3")), 3);
@@ -1016,14 +1018,7 @@ mod tests {
 
     #[test]
     fn connection_threads_yield_after_250_microseconds_of_work_by_default() {
-        let of = |text: &str| {
-            RawConfig::parse(text)
-                .unwrap()
-                .validate()
-                .unwrap()
-                .conn_limits
-                .busy_yield
-        };
+        let of = |text: &str| conn_limits_of(text).busy_yield;
         assert_eq!(of(GOOD), Some(Duration::from_micros(250)));
         assert_eq!(of(&format!("{GOOD}\n[server]\nbusy_yield_us = 0")), None);
         assert_eq!(
