@@ -334,8 +334,8 @@ fn new_gateway(
     }
     let gateway = Gateway::new(settings, registry, config)
         .map_err(|e| CliError::Runtime(format!("cannot start: {e}")))?;
-    if let Some(log) = logging.and_then(Logging::access_log) {
-        gateway.log_access_to(log);
+    if let Some(logging) = logging {
+        gateway.log_access_to(logging.access_log());
     }
     Ok(gateway)
 }

@@ -211,7 +211,7 @@ pub struct Gateway {
     config_path: Option<PathBuf>,
     current: ArcSwap<Snapshot>,
     reloading: tokio::sync::Mutex<()>,
-    /// The access log's direct writer, when the process logs JSON ([`Gateway::log_access_to`]).
+    /// The access log's writer, once the process has one ([`Gateway::log_access_to`]).
     access_log: OnceLock<AccessLog>,
 }
 
@@ -268,12 +268,12 @@ impl Gateway {
         Ok(gateway)
     }
 
-    /// Writes the access log straight to `log` from now on (JSON logs; once, at start).
+    /// Writes the access log by `log` from now on (once, at start).
     pub fn log_access_to(&self, log: AccessLog) {
         let _ = self.access_log.set(log);
     }
 
-    /// The access log's direct writer, if any.
+    /// The access log's writer, if any.
     pub fn access_log(&self) -> Option<&AccessLog> {
         self.access_log.get()
     }

@@ -1,7 +1,8 @@
 //! Process logs (the access log included): written to stdout by a background thread, so a
 //! request task never waits on the terminal, a pipe or a full disk.
 //!
-//! The queue between request tasks and the writer is bounded. When it is full a line is dropped
+//! Lines wait for the writer in buffers, one per shard of threads ([`Queue`]), that it swaps out
+//! whole at most once a millisecond. The buffers are bounded. When one is full a line is dropped
 //! rather than stalling callers, and the drop is counted in `imgate_log_lines_dropped_total`
 //! ([`DroppedLines`]), so an operator sees that the log sink is too slow instead of a gateway that
 //! slows down with it. Colours are used only when stdout is a terminal: a file or a collector
@@ -14,16 +15,17 @@
 
 use std::fmt::{self, Write as _};
 use std::io::IsTerminal;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{IntCounter, Opts};
 use serde_json::Value;
 use tracing::{Event, Subscriber};
-use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::fmt::format::{Format, Json, JsonFields, Writer};
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::config::LogFormat;
@@ -35,94 +37,233 @@ pub const LISTS_TARGET: &str = "imgate::config";
 /// The target of the access log: one line per request ([`access`]).
 pub const ACCESS_TARGET: &str = "imgate::access";
 
-/// Lines the writer's queue holds before new ones are dropped.
-const QUEUE_LINES: usize = 64 * 1024;
+/// Bytes of lines a shard of the queue holds for the writer before new lines are dropped: with
+/// two cores, about a quarter of a second of a busy gateway's access log.
+const SHARD_BYTES: usize = 4 * 1024 * 1024;
 
-/// Bytes the writer thread gathers before a write, at most (it also writes when idle).
+/// Bytes the writer thread gathers before a write, at most.
 const WRITE_BUFFER: usize = 64 * 1024;
 
-/// The running log writer: keep it alive for the life of the process (dropping it flushes what
-/// is queued).
+/// The shortest time between two writes of a busy log: a busy gateway's lines go out in a few
+/// large writes a millisecond rather than in a small write, and a wake-up of the writer, every
+/// few lines. A quiet gateway's line is written at once.
+const GATHER: Duration = Duration::from_millis(1);
+
+/// How long the end of the process waits for the writer to write what is queued.
+const LAST_WRITE: Duration = Duration::from_secs(1);
+
+/// The running log writer: keep it alive for the life of the process (dropping it writes what
+/// is queued, waiting at most [`LAST_WRITE`]).
 pub struct Logging {
-    _flush_on_drop: WorkerGuard,
-    dropped: ErrorCounter,
-    /// The writer the JSON access log goes to directly; `None` for text logs.
-    access: Option<NonBlocking>,
+    queue: Arc<Queue>,
+    format: LogFormat,
+    finished: std::sync::mpsc::Receiver<()>,
 }
 
 impl Logging {
-    /// The metric of lines dropped because the writer fell behind, for a metrics registry.
-    pub fn dropped_lines(&self) -> DroppedLines {
-        DroppedLines::new(self.dropped.clone())
-    }
-
-    /// The access log's direct writer, with JSON logs (text logs go through `tracing`).
-    pub fn access_log(&self) -> Option<AccessLog> {
-        self.access.clone().map(|writer| AccessLog {
-            writers: Arc::new(Shards::new(|| Mutex::new(writer.clone()))),
+    /// Starts the writer thread, writing what `queue` is given to `out`.
+    fn start<W: std::io::Write + Send + 'static>(
+        queue: Arc<Queue>,
+        out: W,
+        format: LogFormat,
+    ) -> std::io::Result<Logging> {
+        let (done, finished) = std::sync::mpsc::channel();
+        let writer = queue.clone();
+        let thread = std::thread::Builder::new()
+            .name("imgate-log".to_owned())
+            .spawn(move || {
+                writer.write_until_stopped(out);
+                let _ = done.send(());
+            })?;
+        let _ = queue.writer.set(thread.thread().clone());
+        // A line queued before the writer could be woken is not left waiting.
+        queue.wake_writer();
+        Ok(Logging {
+            queue,
+            format,
+            finished,
         })
     }
-}
 
-/// The log writer thread's output: buffered, and written out when the queue runs empty; under
-/// a steady stream of lines, at most once per [`GATHER`] (the thread waits out the rest of
-/// it first), so that a busy gateway's lines go out in a few large writes a millisecond rather
-/// than in a small write, and a wake-up of the thread, every few lines. A quiet gateway's line
-/// is written at once.
-struct Gathered<W: std::io::Write> {
-    out: std::io::BufWriter<W>,
-    last_write: std::time::Instant,
-}
+    /// The metric of lines dropped because the writer fell behind, for a metrics registry.
+    pub fn dropped_lines(&self) -> DroppedLines {
+        DroppedLines::new(self.queue.clone())
+    }
 
-/// The shortest time between two writes of a busy log.
-const GATHER: std::time::Duration = std::time::Duration::from_millis(1);
-
-impl<W: std::io::Write> Gathered<W> {
-    fn new(out: W) -> Gathered<W> {
-        Gathered {
-            out: std::io::BufWriter::with_capacity(WRITE_BUFFER, out),
-            last_write: std::time::Instant::now(),
+    /// The access log's writer, decided once: off when the log filter leaves `imgate::access`
+    /// out, JSON lines written straight onto the queue, or text through `tracing`.
+    pub fn access_log(&self) -> AccessLog {
+        let mode = if !tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO) {
+            AccessMode::Off
+        } else if self.format == LogFormat::Json {
+            AccessMode::Json
+        } else {
+            AccessMode::Text
+        };
+        AccessLog {
+            queue: self.queue.clone(),
+            mode,
         }
     }
 }
 
-impl<W: std::io::Write> std::io::Write for Gathered<W> {
+impl Drop for Logging {
+    fn drop(&mut self) {
+        self.queue.stop.store(true, Ordering::Release);
+        self.queue.wake_writer();
+        // A stalled stdout must not hold the process up for ever.
+        let _ = self.finished.recv_timeout(LAST_WRITE);
+    }
+}
+
+/// The lines between the threads that log and the writer thread: a buffer of whole lines per
+/// shard (threads take shards in turn), which the writer swaps for an empty one and writes out.
+/// A line costs its text and an uncontended lock: no allocation, no channel, no wake-up of the
+/// writer unless its buffer was empty. The lines of one thread stay in their order.
+struct Queue {
+    shards: Shards<Mutex<String>>,
+    /// Bytes a shard holds before new lines are dropped.
+    limit: usize,
+    dropped: AtomicU64,
+    writer: OnceLock<std::thread::Thread>,
+    stop: AtomicBool,
+}
+
+impl Queue {
+    fn new(limit: usize) -> Queue {
+        Queue {
+            shards: Shards::new(|| Mutex::new(String::new())),
+            limit,
+            dropped: AtomicU64::new(0),
+            writer: OnceLock::new(),
+            stop: AtomicBool::new(false),
+        }
+    }
+
+    /// Appends the line(s) `write` writes to the calling thread's buffer; drops them, counted,
+    /// when the buffer is full (the writer fell behind), rather than wait.
+    fn append(&self, write: impl FnOnce(&mut String) -> fmt::Result) {
+        let mut pending = self
+            .shards
+            .local()
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let start = pending.len();
+        if start >= self.limit {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if write(&mut pending).is_err() {
+            pending.truncate(start);
+            return;
+        }
+        drop(pending);
+        if start == 0 {
+            // The writer may be asleep with nothing to write; it wakes once per buffer it empties.
+            self.wake_writer();
+        }
+    }
+
+    fn wake_writer(&self) {
+        if let Some(writer) = self.writer.get() {
+            writer.unpark();
+        }
+    }
+
+    /// The writer thread's loop: sleeps while there is nothing to write, and writes at most
+    /// once per [`GATHER`] while there is; after [`Queue::stop`], writes what is left and ends.
+    fn write_until_stopped<W: std::io::Write>(&self, out: W) {
+        let mut out = std::io::BufWriter::with_capacity(WRITE_BUFFER, out);
+        let mut spare = String::new();
+        let mut last_write: Option<Instant> = None;
+        loop {
+            let stopping = self.stop.load(Ordering::Acquire);
+            if let Some(wait) = last_write.and_then(|at| GATHER.checked_sub(at.elapsed())) {
+                if !stopping {
+                    // Lines arriving meanwhile join the next write.
+                    std::thread::sleep(wait);
+                }
+            }
+            // A write error (a closed stdout) loses those lines; later ones are tried again.
+            let wrote = self.take_all(&mut out, &mut spare);
+            let _ = std::io::Write::flush(&mut out);
+            if stopping {
+                return;
+            }
+            if wrote {
+                last_write = Some(Instant::now());
+            } else {
+                // Woken by the next line into an empty buffer, or by the stop.
+                std::thread::park();
+            }
+        }
+    }
+
+    /// Writes every shard's lines to `out`, swapping each buffer for `spare` (whose capacity
+    /// is kept); whether there was anything to write.
+    fn take_all(&self, out: &mut impl std::io::Write, spare: &mut String) -> bool {
+        let mut wrote = false;
+        for shard in self.shards.iter() {
+            std::mem::swap(
+                &mut *shard.lock().unwrap_or_else(PoisonError::into_inner),
+                spare,
+            );
+            if !spare.is_empty() {
+                wrote = true;
+                let _ = out.write_all(spare.as_bytes());
+                spare.clear();
+            }
+        }
+        wrote
+    }
+}
+
+/// The queue as `tracing`'s writer: each event's line (formatted whole, then written at once)
+/// is appended like an access line.
+struct QueueWriter(Arc<Queue>);
+
+/// A borrowed [`QueueWriter`], one per event.
+struct QueueLine<'q>(&'q Queue);
+
+impl<'q> MakeWriter<'q> for QueueWriter {
+    type Writer = QueueLine<'q>;
+
+    fn make_writer(&'q self) -> QueueLine<'q> {
+        QueueLine(&self.0)
+    }
+}
+
+impl std::io::Write for QueueLine<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.out.write(buf)
+        let text = String::from_utf8_lossy(buf);
+        self.0.append(|out| {
+            out.push_str(&text);
+            Ok(())
+        });
+        Ok(buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        let since = self.last_write.elapsed();
-        if since < GATHER {
-            // Lines arriving meanwhile wait in the queue for the next write.
-            std::thread::sleep(GATHER - since);
-        }
-        let flushed = self.out.flush();
-        self.last_write = std::time::Instant::now();
-        flushed
+        Ok(())
     }
 }
 
 /// Logs to stdout in `format`, at `RUST_LOG`'s level if set, else at `level`. Returns `None` when
-/// a logger is already installed (as in tests that start several gateways in one process).
+/// a logger is already installed (as in tests that start several gateways in one process), or
+/// when the writer thread cannot start.
 pub fn init(format: LogFormat, level: &str) -> Option<Logging> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::stdout().is_terminal();
-    let (writer, guard) = NonBlockingBuilder::default()
-        .buffered_lines_limit(QUEUE_LINES)
-        .lossy(true)
-        .thread_name("imgate-log")
-        // Batched: the writer thread flushes whenever its queue runs empty, so a burst of lines
-        // is one write instead of one per line (stdout alone flushes at every newline).
-        .finish(Gathered::new(std::io::stdout()));
-    let dropped = writer.error_counter();
-    let access = (format == LogFormat::Json).then(|| writer.clone());
+    let queue = Arc::new(Queue::new(SHARD_BYTES));
+    let logging = Logging::start(queue.clone(), std::io::stdout(), format)
+        .map_err(|err| eprintln!("imgate: no log writer thread: {err}"))
+        .ok()?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(writer);
+        .with_writer(QueueWriter(queue));
     let installed = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder
@@ -132,11 +273,7 @@ pub fn init(format: LogFormat, level: &str) -> Option<Logging> {
             ))
             .try_init(),
     };
-    installed.ok().map(|()| Logging {
-        _flush_on_drop: guard,
-        dropped,
-        access,
-    })
+    installed.ok().map(|()| logging)
 }
 
 /// The JSON formatter, with the lists of [`LISTS_TARGET`] events as arrays.
@@ -195,62 +332,68 @@ pub struct AccessRecord<'a> {
     pub total_ms: f64,
 }
 
-/// The JSON access log's own writer: a line per request written straight from its record, in
-/// the shape `tracing`'s JSON formatter gives every other line (`timestamp`, `level`, the fields
-/// in order, `target`), onto the same non-blocking queue. Through `tracing`, field dispatch and
-/// serde cost more than the cache hit the line logs.
-#[derive(Clone)]
-pub struct AccessLog {
-    /// A handle on the queue per thread: `NonBlocking` writes through `&mut`, and a handle
-    /// cloned per line would count references that every core shares.
-    writers: Arc<Shards<Mutex<NonBlocking>>>,
+/// How the access log is written, decided at start ([`Logging::access_log`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum AccessMode {
+    /// The log filter leaves `imgate::access` out.
+    Off,
+    /// JSON lines written straight onto the queue ([`access_json`]).
+    Json,
+    /// Text lines through `tracing`.
+    Text,
 }
 
-/// Writes the access-log line of `record` if the log filter lets `imgate::access` info through:
-/// by `log`'s direct writer when there is one (JSON logs), else through `tracing`.
+/// The access log's writer. With JSON logs, a line per request is written straight from its
+/// record onto the writer's queue, in the shape `tracing`'s JSON formatter gives every other
+/// line (`timestamp`, `level`, the fields in order, `target`): through `tracing`, field dispatch
+/// and serde cost more than the cache hit the line logs.
+#[derive(Clone)]
+pub struct AccessLog {
+    queue: Arc<Queue>,
+    mode: AccessMode,
+}
+
+/// Writes the access-log line of `record` by `log`; without one (several gateways in one
+/// process, as in tests), through `tracing` if its filter lets `imgate::access` info through.
 pub fn access(log: Option<&AccessLog>, record: &AccessRecord<'_>) {
-    if !tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO) {
-        return;
+    match log.map(|log| (log, log.mode)) {
+        Some((_, AccessMode::Off)) => {}
+        Some((log, AccessMode::Json)) => log.write_json(record),
+        Some((_, AccessMode::Text)) => access_event(record),
+        None => {
+            if tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO) {
+                access_event(record);
+            }
+        }
     }
-    match log {
-        Some(log) => log.write(record),
-        None => tracing::info!(
-            target: ACCESS_TARGET,
-            request_id = record.request_id,
-            trace_id = record.trace_id,
-            client = record.client,
-            app = record.app,
-            endpoint = record.endpoint,
-            method = record.method,
-            status = record.status,
-            cache = record.cache,
-            vendor_status = record.vendor_status,
-            vendor_ms = record.vendor_ms,
-            total_ms = record.total_ms,
-        ),
-    }
+}
+
+/// The access line of `record` as a `tracing` event.
+fn access_event(record: &AccessRecord<'_>) {
+    tracing::info!(
+        target: ACCESS_TARGET,
+        request_id = record.request_id,
+        trace_id = record.trace_id,
+        client = record.client,
+        app = record.app,
+        endpoint = record.endpoint,
+        method = record.method,
+        status = record.status,
+        cache = record.cache,
+        vendor_status = record.vendor_status,
+        vendor_ms = record.vendor_ms,
+        total_ms = record.total_ms,
+    );
 }
 
 impl AccessLog {
-    fn write(&self, record: &AccessRecord<'_>) {
-        thread_local! {
-            static LINE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
-        }
-        LINE.with_borrow_mut(|line| {
-            line.clear();
-            let time = std::time::SystemTime::now();
+    fn write_json(&self, record: &AccessRecord<'_>) {
+        let time = std::time::SystemTime::now();
+        self.queue.append(|line| {
             let timestamp = |out: &mut String| {
                 TIMESTAMP_PREFIX.with_borrow_mut(|prefix| prefix.write(out, time))
             };
-            if access_json(line, record, timestamp).is_ok() {
-                // Lossy: a full queue drops the line and counts it, never blocks.
-                let mut writer = self
-                    .writers
-                    .local()
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
-                let _ = std::io::Write::write_all(&mut *writer, line.as_bytes());
-            }
+            access_json(line, record, timestamp)
         });
     }
 }
@@ -297,43 +440,40 @@ fn access_json(
     out.push_str("{\"timestamp\":\"");
     timestamp(out)?;
     out.push_str("\",\"level\":\"INFO\"");
+    // Each key with its comma and colon in one constant: one copy per field.
     let strings = [
-        ("request_id", r.request_id),
-        ("trace_id", r.trace_id),
-        ("client", r.client),
-        ("app", r.app),
-        ("endpoint", r.endpoint),
-        ("method", r.method),
+        (",\"request_id\":", r.request_id),
+        (",\"trace_id\":", r.trace_id),
+        (",\"client\":", r.client),
+        (",\"app\":", r.app),
+        (",\"endpoint\":", r.endpoint),
+        (",\"method\":", r.method),
     ];
-    for (name, value) in strings {
-        json_key(out, name);
+    for (key, value) in strings {
+        out.push_str(key);
         write_json_str(out, value)?;
     }
-    json_key(out, "status");
+    out.push_str(",\"status\":");
     out.push_str(itoa::Buffer::new().format(r.status));
     if let Some(cache) = r.cache {
-        json_key(out, "cache");
+        out.push_str(",\"cache\":");
         write_json_str(out, cache)?;
     }
     if let Some(status) = r.vendor_status {
-        json_key(out, "vendor_status");
+        out.push_str(",\"vendor_status\":");
         out.push_str(itoa::Buffer::new().format(status));
     }
-    for (name, value) in [("vendor_ms", r.vendor_ms), ("total_ms", r.total_ms)] {
-        json_key(out, name);
+    for (key, value) in [
+        (",\"vendor_ms\":", r.vendor_ms),
+        (",\"total_ms\":", r.total_ms),
+    ] {
+        out.push_str(key);
         push_millis(out, value)?;
     }
     out.push_str(",\"target\":\"");
     out.push_str(ACCESS_TARGET);
     out.push_str("\"}\n");
     Ok(())
-}
-
-/// `,"name":` (names are constants with nothing to escape).
-fn json_key(out: &mut String, name: &str) {
-    out.push_str(",\"");
-    out.push_str(name);
-    out.push_str("\":");
 }
 
 /// Milliseconds as serde_json writes an `f64`: the shortest form that reads back the same,
@@ -501,21 +641,21 @@ fn lists_as_arrays(object: &mut Value) {
     }
 }
 
-/// `imgate_log_lines_dropped_total`, read from the writer's own count at each scrape.
+/// `imgate_log_lines_dropped_total`, read from the queue's own count at each scrape.
 #[derive(Clone)]
 pub struct DroppedLines {
     counter: IntCounter,
-    source: ErrorCounter,
+    queue: Arc<Queue>,
 }
 
 impl DroppedLines {
-    fn new(source: ErrorCounter) -> DroppedLines {
+    fn new(queue: Arc<Queue>) -> DroppedLines {
         let counter = IntCounter::with_opts(Opts::new(
             "imgate_log_lines_dropped_total",
             "Log lines dropped because the log writer fell behind (the queue was full).",
         ))
         .expect("a constant, valid metric name");
-        DroppedLines { counter, source }
+        DroppedLines { counter, queue }
     }
 }
 
@@ -525,8 +665,8 @@ impl Collector for DroppedLines {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let now = self.source.dropped_lines() as u64;
-        // The writer only counts up; catch the counter up with it.
+        let now = self.queue.dropped.load(Ordering::Relaxed);
+        // The queue only counts up; catch the counter up with it.
         self.counter.inc_by(now.saturating_sub(self.counter.get()));
         self.counter.collect()
     }
@@ -563,29 +703,35 @@ mod tests {
         }
     }
 
+    /// The value of the dropped-lines metric.
+    fn dropped(metric: &DroppedLines) -> u64 {
+        metric.collect()[0].get_metric()[0]
+            .get_counter()
+            .get_value() as u64
+    }
+
+    /// Appends `text` as a line of its own.
+    fn line(queue: &Queue, text: &str) {
+        queue.append(|out| writeln!(out, "{text}"));
+    }
+
     #[test]
     fn a_stalled_sink_drops_lines_and_counts_them_instead_of_blocking() {
-        use std::io::Write;
         let (release, gate) = std::sync::mpsc::channel();
-        let (mut writer, guard) = NonBlockingBuilder::default()
-            .buffered_lines_limit(2)
-            .lossy(true)
-            .finish(Stalled(gate));
-        let metric = DroppedLines::new(writer.error_counter());
-        let started = std::time::Instant::now();
+        // Four 5-byte lines a buffer.
+        let queue = Arc::new(Queue::new(20));
+        let logging = Logging::start(queue.clone(), Stalled(gate), LogFormat::Json).unwrap();
+        let metric = logging.dropped_lines();
+        let started = Instant::now();
         for _ in 0..50 {
-            writer
-                .write_all(b"line\n")
-                .expect("a lossy writer never fails");
+            line(&queue, "line");
         }
-        assert!(started.elapsed() < std::time::Duration::from_secs(1));
-        let dropped = metric.collect()[0].get_metric()[0]
-            .get_counter()
-            .get_value();
-        assert!(dropped >= 40.0, "dropped {dropped}");
-        assert_eq!(dropped as usize, writer.error_counter().dropped_lines());
+        assert!(started.elapsed() < Duration::from_secs(1));
+        // At most two buffers got through: the one the stalled writer holds, and the next.
+        assert!(dropped(&metric) >= 42, "dropped {}", dropped(&metric));
+        assert_eq!(dropped(&metric), queue.dropped.load(Ordering::Relaxed));
         drop(release);
-        drop(guard);
+        drop(logging);
     }
 
     #[test]
@@ -606,7 +752,7 @@ mod tests {
 
     /// What a writer was given, shared with the test.
     #[derive(Clone, Default)]
-    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    struct Captured(Arc<Mutex<Vec<u8>>>);
 
     impl std::io::Write for Captured {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -679,37 +825,95 @@ mod tests {
         }
     }
 
+    /// A sink that counts its writes and keeps what they wrote.
+    #[derive(Clone, Default)]
+    struct Counting(Arc<Mutex<(usize, Vec<u8>)>>);
+
+    impl std::io::Write for Counting {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let mut seen = self.0.lock().unwrap();
+            seen.0 += 1;
+            seen.1.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Counting {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().1.clone()).unwrap()
+        }
+    }
+
+    #[test]
+    fn a_quiet_log_line_is_written_at_once() {
+        let sink = Counting::default();
+        let queue = Arc::new(Queue::new(SHARD_BYTES));
+        let _logging = Logging::start(queue.clone(), sink.clone(), LogFormat::Json).unwrap();
+        for i in 0..3 {
+            // Each line finds the writer asleep; it must not wait for a next one.
+            line(&queue, &format!("alone {i}"));
+            let started = Instant::now();
+            while !sink.text().contains(&format!("alone {i}\n")) {
+                assert!(
+                    started.elapsed() < Duration::from_secs(2),
+                    "line {i} not written"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     #[test]
     fn a_busy_log_is_written_at_most_once_a_millisecond_and_loses_nothing() {
-        use std::io::Write;
-        #[derive(Clone, Default)]
-        struct Counting(Arc<Mutex<(usize, Vec<u8>)>>);
-        impl Write for Counting {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                let mut seen = self.0.lock().unwrap();
-                seen.0 += 1;
-                seen.1.extend_from_slice(buf);
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
         let sink = Counting::default();
-        let mut log = Gathered::new(sink.clone());
-        let started = std::time::Instant::now();
+        let queue = Arc::new(Queue::new(SHARD_BYTES));
+        let logging = Logging::start(queue.clone(), sink.clone(), LogFormat::Json).unwrap();
+        let started = Instant::now();
         for i in 0..50 {
-            writeln!(log, "line {i}").unwrap();
-            log.flush().unwrap();
+            line(&queue, &format!("line {i}"));
+            std::thread::sleep(Duration::from_micros(100));
         }
+        // Stopping writes what is still queued.
+        drop(logging);
         let elapsed_ms = started.elapsed().as_millis() as usize;
-        let (writes, bytes) = sink.0.lock().unwrap().clone();
+        let writes = sink.0.lock().unwrap().0;
         assert!(
             writes <= elapsed_ms + 2,
             "{writes} writes in {elapsed_ms} ms"
         );
         let expected: String = (0..50).map(|i| format!("line {i}\n")).collect();
-        assert_eq!(String::from_utf8(bytes).unwrap(), expected);
+        assert_eq!(sink.text(), expected);
+    }
+
+    #[test]
+    fn lines_of_several_threads_are_all_written_each_thread_in_its_order() {
+        let sink = Counting::default();
+        let queue = Arc::new(Queue::new(SHARD_BYTES));
+        let logging = Logging::start(queue.clone(), sink.clone(), LogFormat::Json).unwrap();
+        std::thread::scope(|s| {
+            for t in 0..6 {
+                let queue = &queue;
+                s.spawn(move || {
+                    for i in 0..2_000 {
+                        line(queue, &format!("{t} {i}"));
+                    }
+                });
+            }
+        });
+        drop(logging);
+        let mut next = [0; 6];
+        for written in sink.text().lines() {
+            let (t, i) = written.split_once(' ').unwrap();
+            let (t, i): (usize, usize) = (t.parse().unwrap(), i.parse().unwrap());
+            assert_eq!(i, next[t], "thread {t}'s lines out of order");
+            next[t] += 1;
+        }
+        assert_eq!(next, [2_000; 6]);
+        assert_eq!(queue.dropped.load(Ordering::Relaxed), 0);
     }
 
     #[test]
