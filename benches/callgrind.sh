@@ -9,11 +9,11 @@
 #
 # imgate runs under callgrind twice, answering 500 and then 2,500 cached reads of one hot key
 # on one keep-alive connection (curl); the difference divided by 2,000 is the cost of one hit,
-# without start-up and shutdown. The figure is the connection task (hyper's connection future,
+# without start-up and shutdown. The figure is the connection task (imgate's connection future,
 # inclusive: parsing, the request path, writing the answer); with LOG=1 also the log writer
-# thread's share. The bare hyper server of benches/ceiling.rs costs about 10.3k in its
-# connection task. (The whole process is not a useful figure: start-up calibrates a clock for
-# a varying number of rounds.)
+# thread's share. The bare hyper server of benches/ceiling.rs cost about 10.3k in its
+# connection task before LTO. (The whole process is not a useful figure: start-up calibrates a
+# clock for a varying number of rounds.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin:/sbin"
@@ -76,8 +76,8 @@ per_hit() {
   if [ -n "$many" ] && [ -n "$few" ]; then echo $(((many - few) / 2000)); else echo "n/a"; fi
 }
 echo "instructions per cache hit${LOG:+ (JSON access log on)}:"
-echo "  connection task    $(per_hit 'auto::Connection<I,S,E> as core::future::future::Future>::poll')"
+echo "  connection task    $(per_hit 'imgate::server::Conn::run::\{\{closure\}\} \[')"
 if [ -n "${LOG:-}" ]; then
-  # The writer thread's whole body, under the name of the closure that starts it.
-  echo "  log writer thread  $(per_hit 'tracing-appender-[0-9.]+/src/worker.rs:std::sys::backtrace::__rust_begin_short_backtrace')"
+  # The writer thread's whole loop.
+  echo "  log writer thread  $(per_hit 'imgate::logging::Queue::write_until_stopped \[')"
 fi

@@ -172,6 +172,8 @@ impl Queue {
 
     /// The writer thread's loop: sleeps while there is nothing to write, and writes at most
     /// once per [`GATHER`] while there is; after [`Queue::stop`], writes what is left and ends.
+    // Not inlined: the writer thread's cost shows under this name in benches/callgrind.sh.
+    #[inline(never)]
     fn write_until_stopped<W: std::io::Write>(&self, out: W) {
         let mut out = std::io::BufWriter::with_capacity(WRITE_BUFFER, out);
         let mut spare = String::new();
