@@ -358,15 +358,12 @@ pub struct AccessLog {
 /// Writes the access-log line of `record` by `log`; without one (several gateways in one
 /// process, as in tests), through `tracing` if its filter lets `imgate::access` info through.
 pub fn access(log: Option<&AccessLog>, record: &AccessRecord<'_>) {
-    match log.map(|log| (log, log.mode)) {
-        Some((_, AccessMode::Off)) => {}
-        Some((log, AccessMode::Json)) => log.write_json(record),
-        Some((_, AccessMode::Text)) => access_event(record),
-        None => {
-            if tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO) {
-                access_event(record);
-            }
+    match log {
+        Some(log) => log.write(record),
+        None if tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO) => {
+            access_event(record)
         }
+        None => {}
     }
 }
 
@@ -389,6 +386,15 @@ fn access_event(record: &AccessRecord<'_>) {
 }
 
 impl AccessLog {
+    /// Writes the line of `record` in the mode decided at start.
+    fn write(&self, record: &AccessRecord<'_>) {
+        match self.mode {
+            AccessMode::Off => {}
+            AccessMode::Json => self.write_json(record),
+            AccessMode::Text => access_event(record),
+        }
+    }
+
     fn write_json(&self, record: &AccessRecord<'_>) {
         let time = std::time::SystemTime::now();
         self.queue.append(|line| {
