@@ -743,6 +743,22 @@ mod tests {
     }
 
     #[test]
+    fn stopping_waits_for_a_stalled_sink_at_most_the_last_write_deadline() {
+        let (release, gate) = std::sync::mpsc::channel();
+        let queue = Arc::new(Queue::new(SHARD_BYTES));
+        let logging = Logging::start(queue.clone(), Stalled(gate), LogFormat::Json).unwrap();
+        line(&queue, "stuck");
+        let started = Instant::now();
+        drop(logging);
+        let waited = started.elapsed();
+        assert!(
+            waited >= LAST_WRITE - Duration::from_millis(100) && waited < LAST_WRITE * 3,
+            "waited {waited:?}"
+        );
+        drop(release);
+    }
+
+    #[test]
     fn days_since_the_epoch_become_calendar_dates() {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(20_000), (2024, 10, 4));
