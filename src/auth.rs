@@ -388,12 +388,19 @@ impl ClientTokenKey {
     }
 }
 
-/// The credential of `Authorization: Bearer <credential>` (scheme case-insensitive).
+/// The credential of `Authorization: Bearer <credential>` (scheme case-insensitive, the
+/// credential ASCII). Read as bytes: every request pays for it.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, credential) = value.split_once(' ')?;
-    let credential = credential.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !credential.is_empty()).then_some(credential)
+    let value = headers.get(AUTHORIZATION)?.as_bytes();
+    let space = value.iter().position(|&b| b == b' ')?;
+    let (scheme, credential) = (&value[..space], value[space + 1..].trim_ascii());
+    if !scheme.eq_ignore_ascii_case(b"bearer") || credential.is_empty() {
+        return None;
+    }
+    // As `HeaderValue::to_str` would: a header value is visible ASCII and tabs, or obs-text.
+    std::str::from_utf8(credential)
+        .ok()
+        .filter(|c| c.is_ascii())
 }
 
 #[cfg(test)]
@@ -483,6 +490,36 @@ mod tests {
             "Bearer imgt2.AAAAAAAAAAAA.x",
         ] {
             assert!(authenticate(&c, value).is_none(), "{value}");
+        }
+    }
+
+    #[test]
+    fn the_bearer_credential_is_what_the_header_as_text_says() {
+        // The plain reading of the header, which `bearer` does on bytes.
+        fn as_text(value: &HeaderValue) -> Option<&str> {
+            let (scheme, credential) = value.to_str().ok()?.split_once(' ')?;
+            let credential = credential.trim();
+            (scheme.eq_ignore_ascii_case("bearer") && !credential.is_empty()).then_some(credential)
+        }
+        let values: [&[u8]; 12] = [
+            b"Bearer key",
+            b"bEaReR  key\t",
+            b"Bearer\tkey",
+            b"Bearer a\tb",
+            b"Bearer \t ",
+            b"Bearerkey",
+            b"Bearer key\xc3\xa9",
+            b"Bear\xc3\xa9r key",
+            b"Basic key",
+            b" Bearer key",
+            b"Bearer key with spaces",
+            b"",
+        ];
+        for value in values {
+            let value = HeaderValue::from_bytes(value).unwrap();
+            let mut h = HeaderMap::new();
+            h.insert(AUTHORIZATION, value.clone());
+            assert_eq!(bearer(&h), as_text(&value), "{value:?}");
         }
     }
 
