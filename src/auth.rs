@@ -30,8 +30,9 @@ use subtle::ConstantTimeEq;
 use crate::cluster::quota::LeasedLimit;
 use crate::cluster::Cluster;
 use crate::config::ClientSettings;
-use crate::limit::{LimitPolicy, LocalLimit, Permits};
+use crate::limit::{LocalLimit, Permits};
 use crate::route::{Endpoint, EndpointSet};
+use crate::shards::Shards;
 use crate::token::Credentials;
 
 /// Client tokens start with this, so they are never mistaken for keys.
@@ -48,8 +49,9 @@ pub struct Client {
     allowed: Option<Vec<usize>>,
     /// Its quota on imgate; `None` for unlimited.
     pub limit: Option<Permits>,
-    /// Its quota as a `RateLimit-Policy` header value, made once.
-    pub limit_header: Option<http::HeaderValue>,
+    /// Its quota as a `RateLimit-Policy` header value, made once per shard: an answer clones
+    /// its thread's copy, whose reference count the other cores do not write.
+    pub limit_header: Option<Shards<http::HeaderValue>>,
     /// The endpoints it may call.
     endpoints: EndpointSet,
 }
@@ -121,7 +123,9 @@ impl Clients {
                     Some(cluster) => Permits::Leased(LeasedLimit::new(cluster, &c.name, policy)),
                     None => Permits::Local(LocalLimit::new(policy)),
                 }),
-                limit_header: c.rate_limit.map(LimitPolicy::header_value),
+                limit_header: c
+                    .rate_limit
+                    .map(|policy| Shards::new(|| policy.header_value())),
                 endpoints: c.endpoints,
             });
             clients.by_name.insert(c.name.clone(), i);

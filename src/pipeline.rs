@@ -235,9 +235,9 @@ async fn process<'s>(
     if let (Some(limit), Some(header)) = (&client.limit, &client.limit_header) {
         let policy = limit.policy();
         match limit.try_acquire().await {
-            Permit::Granted { remaining } => trace.rate = Some((header, remaining, 0)),
+            Permit::Granted { remaining } => trace.rate = Some((header.local(), remaining, 0)),
             Permit::Denied { retry_after } => {
-                trace.rate = Some((header, 0, retry_after_secs(retry_after)));
+                trace.rate = Some((header.local(), 0, retry_after_secs(retry_after)));
                 gateway.metrics.rate_limited(Scope::Client);
                 return Err(GatewayError::RateLimited {
                     per_second: policy.per_second,
