@@ -90,7 +90,9 @@ fn main() {
             let key = Key { kind: Kind::OfflineCount, app: "agora-demo", user: &user, extra: "" };
             let answer = vendor_answer(&path, &user, i % 7);
             let fetch = move || Box::pin(std::future::ready(Ok(answer))) as imgate::cache::Fetch;
-            let read = cache.read(&key, &path, Instant::now(), fetch);
+            let suffix = &path["/app-id/".len() + APP_ID.len()..];
+            let render = |e: &imgate::cache::Entry| e.body_bytes(&path, suffix, &user);
+            let read = cache.read(&key, &path, Instant::now(), render, fetch);
             if read.await.is_err() {
                 panic!("the synthetic vendor answer was refused");
             }

@@ -35,7 +35,7 @@ use hyper::body::{Body as _, Incoming};
 use serde_json::{json, Value};
 
 use crate::cache::presence::{self, BatchError, PresenceApp, SendBatch};
-use crate::cache::{json_content_type, Answer, CacheStatus, Fetch, Key, Kind};
+use crate::cache::{json_content_type, Answer, CacheStatus, Entry, Fetch, Key, Kind};
 use crate::error::GatewayError;
 use crate::forward::{VendorCall, X_REQUEST_ID};
 use crate::gateway::{App, Gateway, Snapshot};
@@ -365,19 +365,21 @@ impl Call<'_> {
             self.vendor(Bytes::new(), true)
                 .unwrap_or_else(|err| Box::pin(std::future::ready(Err(err))))
         };
+        let suffix = path.get(self.app.prefix.len()..).unwrap_or("");
+        let render = |entry: &Entry| entry.body_bytes(&path, suffix, self.route.user);
         let answer = self
             .gateway
             .cache
-            .read(&key, &path, trace.started, fetch)
+            .read(&key, &path, trace.started, render, fetch)
             .await
             .map_err(GatewayError::Shared)?;
         Ok(match answer {
-            Answer::Cached(entry, status) => {
+            Answer::Cached(found, status) => {
                 trace.cache = Some(status);
-                let suffix = path.get(self.app.prefix.len()..).unwrap_or("");
-                let body = entry.body_bytes(&path, suffix, self.route.user);
-                let age = trace.started.saturating_duration_since(entry.stored_at);
-                cached_response(body, status, age, self.ids.request, trace)
+                let age = trace
+                    .started
+                    .saturating_duration_since(found.entry.stored_at);
+                cached_response(found.body.clone(), status, age, self.ids.request, trace)
             }
             Answer::Vendor(response, status) => {
                 trace.cache = Some(status);

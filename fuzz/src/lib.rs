@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 use imgate::cache::presence::{self, BatchError, PresenceApp, SendBatch};
-use imgate::cache::{Answer, Cache, CacheStatus, Fetch, Key, Kind};
+use imgate::cache::{Answer, Cache, CacheStatus, Entry, Fetch, Key, Kind};
 use imgate::config::RawConfig;
 use imgate::emulator::EmulatorConfig;
 use imgate::route::{encode_segment, AppRef, Endpoint, Path, Route, LEGACY_SEND};
@@ -369,8 +369,9 @@ async fn read(
     fetch: &(impl Fn() -> Fetch + Clone),
 ) -> Option<bool> {
     let path = "/org/app/users/x/offline_msg_count";
+    let render = |entry: &Entry| entry.body_bytes(path, "/users/x/offline_msg_count", key.user);
     match cache
-        .read(key, path, Instant::now(), fetch.clone())
+        .read(key, path, Instant::now(), render, fetch.clone())
         .await
         .ok()?
     {

@@ -32,6 +32,7 @@ pub use keys::{Key, Kind};
 
 use flights::Flights;
 use keys::Hashes;
+pub use store::Found;
 use store::Store;
 
 use std::collections::HashMap;
@@ -130,7 +131,7 @@ impl CacheStatus {
 /// A cache read's answer.
 pub enum Answer {
     /// From the cache.
-    Cached(Arc<Entry>, CacheStatus),
+    Cached(Arc<Found>, CacheStatus),
     /// From the vendor (any status), by this request or one it waited for.
     Vendor(Arc<VendorResponse>, CacheStatus),
 }
@@ -220,12 +221,18 @@ impl Cache {
     }
 
     /// The entry of `key` if it exists, is still servable at `now` and no invalidation made it
-    /// stale.
-    pub async fn lookup(&self, key: &Key<'_>, now: Instant) -> Option<Arc<Entry>> {
-        let entry = self
+    /// stale, with its body as `render` makes it ([`Store::get`]).
+    pub async fn lookup(
+        &self,
+        key: &Key<'_>,
+        now: Instant,
+        render: impl FnOnce(&Entry) -> Bytes,
+    ) -> Option<Arc<Found>> {
+        let found = self
             .entries(key.kind)
-            .get(self.hashes.entry(key), now)
+            .get(self.hashes.entry(key), now, render)
             .await?;
+        let entry = &found.entry;
         // Counts and presence are invalidated by removing their one entry (see `insert`), so
         // their hits skip the mark lookup; statuses and lists are invalidated by group.
         if entry.invalidatable && !key.kind.is_exact() {
@@ -236,18 +243,20 @@ impl Cache {
                 }
             }
         }
-        Some(entry)
+        Some(found)
     }
 
     /// Answers a read: fresh from the cache, stale while one background call revalidates, or
     /// from one vendor call shared by every concurrent request for the same key; a stale entry
     /// stands in when the vendor fails within `stale_if_error`. `now`: when the request
-    /// started (one clock read serves the whole request).
+    /// started (one clock read serves the whole request); `render`: an entry's body as the
+    /// answer carries it.
     pub async fn read(
         self: &Arc<Self>,
         key: &Key<'_>,
         path: &str,
         now: Instant,
+        render: impl FnOnce(&Entry) -> Bytes,
         fetch: impl FnOnce() -> Fetch,
     ) -> Result<Answer, Arc<GatewayError>> {
         let policy = *self.policy(key.kind);
@@ -256,19 +265,19 @@ impl Cache {
             return Ok(Answer::Vendor(Arc::new(response), CacheStatus::Miss));
         }
         let mut fallback = None;
-        if let Some(entry) = self.lookup(key, now).await {
-            let fresh_until = entry.fresh_until();
+        if let Some(found) = self.lookup(key, now, render).await {
+            let fresh_until = found.entry.fresh_until();
             if now < fresh_until {
-                return Ok(Answer::Cached(entry, CacheStatus::Hit));
+                return Ok(Answer::Cached(found, CacheStatus::Hit));
             }
             if now < fresh_until + policy.stale_while_revalidate {
-                if !entry.refreshing.swap(true, Ordering::AcqRel) {
+                if !found.entry.refreshing.swap(true, Ordering::AcqRel) {
                     self.revalidate(key, path, fetch());
                 }
-                return Ok(Answer::Cached(entry, CacheStatus::Stale));
+                return Ok(Answer::Cached(found, CacheStatus::Stale));
             }
             if now < fresh_until + policy.stale_if_error {
-                fallback = Some(entry);
+                fallback = Some(found);
             }
         }
         // The vendor paths are boxed: the hit path's future stays small.
@@ -288,7 +297,7 @@ impl Cache {
         key: &Key<'_>,
         path: &str,
         fetch: Fetch,
-        stale: Arc<Entry>,
+        stale: Arc<Found>,
         stale_timeout: Duration,
     ) -> Result<Answer, Arc<GatewayError>> {
         let call = self.shared_call(key, path, fetch);
@@ -638,6 +647,10 @@ mod tests {
         }
     }
 
+    fn json_body(entry: &Entry) -> Bytes {
+        entry.body_bytes("", "", "")
+    }
+
     fn answer() -> Fetch {
         Box::pin(std::future::ready(Ok(VendorResponse {
             status: StatusCode::OK,
@@ -651,13 +664,15 @@ mod tests {
     async fn a_call_abandoned_by_its_only_caller_leaves_the_table() {
         let cache = Arc::new(Cache::new(settings(100)));
         let abandoned = key("u");
-        let read = cache.read(&abandoned, "/p", Instant::now(), || {
+        let read = cache.read(&abandoned, "/p", Instant::now(), json_body, || {
             Box::pin(std::future::pending())
         });
         let waited = tokio::time::timeout(Duration::from_millis(20), read).await;
         assert!(waited.is_err(), "the vendor never answers");
         assert_eq!(cache.calls_in_flight(), 0);
-        let answered = cache.read(&key("u"), "/p", Instant::now(), answer).await;
+        let answered = cache
+            .read(&key("u"), "/p", Instant::now(), json_body, answer)
+            .await;
         assert!(matches!(answered, Ok(Answer::Vendor(_, CacheStatus::Miss))));
         assert_eq!(cache.calls_in_flight(), 0);
     }
@@ -668,7 +683,7 @@ mod tests {
         for i in 0..200 {
             let user = format!("user{i}");
             assert!(cache
-                .read(&key(&user), "/p", Instant::now(), answer)
+                .read(&key(&user), "/p", Instant::now(), json_body, answer)
                 .await
                 .is_ok());
         }
@@ -705,11 +720,17 @@ mod tests {
         };
         let fetch = move || Box::pin(std::future::ready(Ok(response))) as Fetch;
         cache
-            .read(&key, "/o/a/users/u/presence/sublist", Instant::now(), fetch)
+            .read(
+                &key,
+                "/o/a/users/u/presence/sublist",
+                Instant::now(),
+                json_body,
+                fetch,
+            )
             .await
             .unwrap();
-        let entry = cache.lookup(&key, Instant::now()).await.expect("stored");
-        let stored = entry.body_bytes("", "", "u");
+        let found = cache.lookup(&key, Instant::now(), json_body).await;
+        let stored = found.expect("stored").body.clone();
         assert_eq!(&stored[..], &body[..]);
         let within = buffer.as_ptr_range();
         assert!(

@@ -24,7 +24,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::{watch, Notify};
 
-use super::{Body, Cache, CacheStatus, Entry, Fetch, Key, Kind};
+use super::{Body, Cache, CacheStatus, Entry, Fetch, Found, Key, Kind};
 use crate::error::GatewayError;
 use crate::upstream::VendorResponse;
 
@@ -209,9 +209,9 @@ impl Cache {
     ) -> Result<BatchAnswer, BatchError> {
         let policy = *self.policy(Kind::Presence);
         let now = Instant::now();
-        let mut found: HashMap<&str, (Arc<Entry>, bool)> = HashMap::new();
+        let mut found: HashMap<&str, (Arc<Found>, bool)> = HashMap::new();
         let mut missing: Vec<String> = Vec::new();
-        let mut fallback: HashMap<&str, Arc<Entry>> = HashMap::new();
+        let mut fallback: HashMap<&str, Arc<Found>> = HashMap::new();
         let mut revalidate: Vec<String> = Vec::new();
         for user in unique(users) {
             let key = Key {
@@ -220,19 +220,20 @@ impl Cache {
                 user,
                 extra: "",
             };
-            match self.lookup(&key, now).await {
-                Some(e) if now < e.fresh_until() => {
-                    found.insert(user, (e, false));
+            let render = |e: &Entry| e.body_bytes("", "", user);
+            match self.lookup(&key, now, render).await {
+                Some(f) if now < f.entry.fresh_until() => {
+                    found.insert(user, (f, false));
                 }
-                Some(e) if now < e.fresh_until() + policy.stale_while_revalidate => {
-                    if !e.refreshing.swap(true, Ordering::AcqRel) {
+                Some(f) if now < f.entry.fresh_until() + policy.stale_while_revalidate => {
+                    if !f.entry.refreshing.swap(true, Ordering::AcqRel) {
                         revalidate.push(user.to_owned());
                     }
-                    found.insert(user, (e, true));
+                    found.insert(user, (f, true));
                 }
-                Some(e) => {
-                    if now < e.fresh_until() + policy.stale_if_error {
-                        fallback.insert(user, e);
+                Some(f) => {
+                    if now < f.entry.fresh_until() + policy.stale_if_error {
+                        fallback.insert(user, f);
                     }
                     missing.push(user.to_owned());
                 }
@@ -285,8 +286,8 @@ impl Cache {
                 }
             }
             if serve_stale {
-                for (user, entry) in fallback.drain() {
-                    found.insert(user, (entry, true));
+                for (user, stale) in fallback.drain() {
+                    found.insert(user, (stale, true));
                 }
                 status = CacheStatus::Stale;
             }
@@ -297,9 +298,9 @@ impl Cache {
         let mut first = true;
         for user in users {
             let bytes = match (found.get(user.as_str()), fetched.get(user)) {
-                (Some((entry, _)), _) => {
-                    age = age.max(now.saturating_duration_since(entry.stored_at));
-                    entry.body_bytes("", "", user)
+                (Some((found, _)), _) => {
+                    age = age.max(now.saturating_duration_since(found.entry.stored_at));
+                    found.body.clone()
                 }
                 (None, Some(bytes)) => bytes.clone(),
                 // The vendor omitted this user: so does the answer.

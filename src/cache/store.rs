@@ -13,9 +13,10 @@
 //! `and_compute_with`, so that no concurrent change is lost.
 //!
 //! In front of moka each thread keeps the entries it found last, in a small table of its own
-//! ([`Front`]): a hit there touches no memory that other threads write (moka's read log, the
-//! bucket's reference count, its access time), which on a hot key cost more than the rest of
-//! the lookup. A copy is good while the generation of its key's slot is the one it was found
+//! ([`Front`]), each with the body it rendered for it ([`Found`]): a hit there renders nothing
+//! and touches no memory that other threads write (moka's read log, the bucket's or the entry's
+//! reference count, its access time), which on a hot key cost more than the rest of the
+//! lookup. A copy is good while the generation of its key's slot is the one it was found
 //! under: every change to a key (insert, remove) bumps its slot's generation once moka holds
 //! the change, and a change to many (`remove_if`, `clear`) bumps them all; a copy is taken
 //! under the generation read before moka was asked, so it can only be older than a change that
@@ -28,6 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use moka::future::Cache as Moka;
 use moka::ops::compute::Op;
 use moka::Expiry;
@@ -100,11 +102,21 @@ const GENERATIONS: usize = 4096;
 /// Entries in each thread's table.
 const FRONT_SLOTS: usize = 1024;
 
+/// An entry found, with its body as an answer carries it. A thread's hits share its table's
+/// `Arc<Found>`: they write a reference count that no other thread writes (cloning the entry
+/// itself would, on every hit of a hot key, from every core).
+pub struct Found {
+    /// The entry.
+    pub entry: Arc<Entry>,
+    /// Its body, made by the caller's `render` when the entry was first found on this thread.
+    pub body: Bytes,
+}
+
 /// One thread's last-found entries, direct-mapped by key bits, each with the generation it was
 /// found under.
 #[derive(Default)]
 struct Front {
-    slots: Vec<Option<(u128, u64, Arc<Entry>)>>,
+    slots: Vec<Option<(u128, u64, Arc<Found>)>>,
 }
 
 impl Front {
@@ -112,18 +124,18 @@ impl Front {
         (key >> 96) as usize & (FRONT_SLOTS - 1)
     }
 
-    fn get(&self, key: u128, generation: u64) -> Option<Arc<Entry>> {
+    fn get(&self, key: u128, generation: u64) -> Option<Arc<Found>> {
         match self.slots.get(Self::slot(key))? {
-            Some((k, g, entry)) if *k == key && *g == generation => Some(entry.clone()),
+            Some((k, g, found)) if *k == key && *g == generation => Some(found.clone()),
             _ => None,
         }
     }
 
-    fn put(&mut self, key: u128, generation: u64, entry: Arc<Entry>) {
+    fn put(&mut self, key: u128, generation: u64, found: Arc<Found>) {
         if self.slots.is_empty() {
             self.slots.resize(FRONT_SLOTS, None);
         }
-        self.slots[Self::slot(key)] = Some((key, generation, entry));
+        self.slots[Self::slot(key)] = Some((key, generation, found));
     }
 }
 
@@ -165,25 +177,37 @@ impl Store {
         &self.generations[(key >> 64) as usize & (GENERATIONS - 1)]
     }
 
-    /// The entry of `key`, unless it has outlived its stale windows at `now`.
-    pub async fn get(&self, key: u128, now: Instant) -> Option<Arc<Entry>> {
+    /// The entry of `key`, unless it has outlived its stale windows at `now`, with its body
+    /// as `render` makes it. A thread's copy keeps the body it rendered, so that a hit there
+    /// renders nothing (an offline count is kept as numbers) and shares no reference count
+    /// with other threads' hits.
+    pub async fn get(
+        &self,
+        key: u128,
+        now: Instant,
+        render: impl FnOnce(&Entry) -> Bytes,
+    ) -> Option<Arc<Found>> {
         // Read before moka is asked: a change that lands meanwhile makes the copy old.
         let generation = self.generation(key).load(Ordering::Acquire);
         let front = self.front.local();
         // Never waits: a table that another thread sharing the shard holds is skipped.
         let copy = front.try_lock().ok().and_then(|f| f.get(key, generation));
-        let entry = match copy {
-            Some(entry) => entry,
+        let found = match copy {
+            Some(found) => found,
             None => {
                 let bucket = self.buckets.get(&self.bucket(key)).await?;
                 let entry = bucket.iter().find(|(k, _)| *k == key)?.1.clone();
+                let found = Arc::new(Found {
+                    body: render(&entry),
+                    entry,
+                });
                 if let Ok(mut front) = front.try_lock() {
-                    front.put(key, generation, entry.clone());
+                    front.put(key, generation, found.clone());
                 }
-                entry
+                found
             }
         };
-        entry.is_alive(now).then_some(entry)
+        found.entry.is_alive(now).then_some(found)
     }
 
     /// Stores `entry` under `key`, replacing any older one.
@@ -343,7 +367,8 @@ mod tests {
             block_on(store.insert(key, a.clone()));
         }
         let seen = |store: &Store, key| {
-            block_on(store.get(key, Instant::now())).map(|e| Arc::as_ptr(&e) as usize)
+            block_on(store.get(key, Instant::now(), no_body))
+                .map(|f| Arc::as_ptr(&f.entry) as usize)
         };
         // Both threads hold copies; a hit from the table is the same entry.
         for key in keys {
@@ -369,13 +394,44 @@ mod tests {
         assert_eq!(on_another_thread(|| seen(&store, keys[2])), None);
     }
 
+    fn no_body(_: &Entry) -> Bytes {
+        Bytes::new()
+    }
+
+    #[test]
+    fn a_thread_renders_a_body_once_until_its_entry_changes() {
+        let store = Store::new(1000);
+        let renders = std::sync::atomic::AtomicUsize::new(0);
+        let body = |store: &Store| {
+            let render = |_: &Entry| {
+                let n = renders.fetch_add(1, Ordering::Relaxed);
+                Bytes::from(n.to_string())
+            };
+            block_on(store.get(9, Instant::now(), render)).map(|f| f.body.clone())
+        };
+        block_on(store.insert(9, entry(60_000)));
+        assert_eq!(body(&store).as_deref(), Some(&b"0"[..]));
+        assert_eq!(body(&store).as_deref(), Some(&b"0"[..]), "rendered again");
+        // Another thread renders its copy, unless it shares this one's table.
+        assert!(on_another_thread(|| body(&store)).is_some());
+        let renders_so_far = renders.load(Ordering::Relaxed);
+        assert!(renders_so_far <= 2);
+        assert_eq!(body(&store).as_deref(), Some(&b"0"[..]));
+        // A new entry is rendered anew.
+        block_on(store.insert(9, entry(60_000)));
+        let anew = renders_so_far.to_string();
+        assert_eq!(body(&store).as_deref(), Some(anew.as_bytes()));
+        assert_eq!(body(&store).as_deref(), Some(anew.as_bytes()));
+        assert_eq!(renders.load(Ordering::Relaxed), renders_so_far + 1);
+    }
+
     #[tokio::test]
     async fn a_copy_of_a_dead_entry_is_not_served() {
         let store = Store::new(1000);
         store.insert(3, entry(30)).await;
-        assert!(store.get(3, Instant::now()).await.is_some());
+        assert!(store.get(3, Instant::now(), no_body).await.is_some());
         let later = Instant::now() + Duration::from_millis(31);
-        assert!(store.get(3, later).await.is_none());
+        assert!(store.get(3, later, no_body).await.is_none());
     }
 
     #[tokio::test]
@@ -393,7 +449,7 @@ mod tests {
         store.buckets.run_pending_tasks().await;
         assert!(before > 1, "{before} buckets before expiry");
         assert_eq!(store.buckets.entry_count(), 1);
-        assert!(store.get(1000, Instant::now()).await.is_some());
+        assert!(store.get(1000, Instant::now(), no_body).await.is_some());
         assert_eq!(store.len().await, 1);
     }
 }
