@@ -77,10 +77,15 @@ pub enum Permits {
 impl Permits {
     /// Takes one permit now, or says when one will be free.
     pub async fn try_acquire(&self) -> Permit {
+        // The waits on Redis are boxed: every request's future would otherwise carry (and copy)
+        // their state, cluster or not.
         match self {
             Permits::Local(limit) => limit.try_acquire(),
-            Permits::Shared(quota) => quota.try_acquire().await,
-            Permits::Leased(limit) => limit.try_acquire().await,
+            Permits::Shared(quota) => Box::pin(quota.try_acquire()).await,
+            Permits::Leased(limit) => match limit.spend() {
+                Some(decided) => decided,
+                None => Box::pin(limit.try_acquire()).await,
+            },
         }
     }
 

@@ -189,25 +189,40 @@ impl Store {
     ) -> Option<Arc<Found>> {
         // Read before moka is asked: a change that lands meanwhile makes the copy old.
         let generation = self.generation(key).load(Ordering::Acquire);
-        let front = self.front.local();
         // Never waits: a table that another thread sharing the shard holds is skipped.
-        let copy = front.try_lock().ok().and_then(|f| f.get(key, generation));
+        let copy = self
+            .front
+            .local()
+            .try_lock()
+            .ok()
+            .and_then(|f| f.get(key, generation));
         let found = match copy {
             Some(found) => found,
-            None => {
-                let bucket = self.buckets.get(&self.bucket(key)).await?;
-                let entry = bucket.iter().find(|(k, _)| *k == key)?.1.clone();
-                let found = Arc::new(Found {
-                    body: render(&entry),
-                    entry,
-                });
-                if let Ok(mut front) = front.try_lock() {
-                    front.put(key, generation, found.clone());
-                }
-                found
-            }
+            // Boxed: moka's lookup is most of this future's size, which every request's future
+            // would otherwise carry (and copy) although a thread's table answers hot keys.
+            None => Box::pin(self.get_from_moka(key, generation, render)).await?,
         };
         found.entry.is_alive(now).then_some(found)
+    }
+
+    /// The entry of `key` from moka, copied into the calling thread's table under
+    /// `generation`.
+    async fn get_from_moka(
+        &self,
+        key: u128,
+        generation: u64,
+        render: impl FnOnce(&Entry) -> Bytes,
+    ) -> Option<Arc<Found>> {
+        let bucket = self.buckets.get(&self.bucket(key)).await?;
+        let entry = bucket.iter().find(|(k, _)| *k == key)?.1.clone();
+        let found = Arc::new(Found {
+            body: render(&entry),
+            entry,
+        });
+        if let Ok(mut front) = self.front.local().try_lock() {
+            front.put(key, generation, found.clone());
+        }
+        Some(found)
     }
 
     /// Stores `entry` under `key`, replacing any older one.

@@ -310,7 +310,7 @@ impl LeasedLimit {
 
     /// A decision without Redis: a refusal while the bucket's last "no" holds, or a permit of
     /// the current lease. `None`: a new lease is needed.
-    fn spend(&self) -> Option<Permit> {
+    pub fn spend(&self) -> Option<Permit> {
         let now = self.now();
         let denied_until = self.denied_until.load(Ordering::Acquire);
         if now < denied_until {
