@@ -110,84 +110,56 @@ pub enum Fault {
 impl GatewayError {
     /// HTTP status of the answer.
     pub fn status(&self) -> u16 {
-        match self {
-            GatewayError::NoRoute | GatewayError::UnknownApp => 404,
-            GatewayError::InvalidGrant
-            | GatewayError::UnsupportedGrant
-            | GatewayError::BadJson
-            | GatewayError::BadPath(_) => 400,
-            GatewayError::UnsupportedMediaType => 415,
-            GatewayError::Unauthenticated => 401,
-            GatewayError::Forbidden | GatewayError::EndpointNotForwarded => 403,
-            GatewayError::BodyTooLarge(_) => 413,
-            GatewayError::BodyUnreadable => 400,
-            GatewayError::BodyTimeout => 408,
-            GatewayError::Token(_) => 503,
-            GatewayError::Upstream(UpstreamError::Timeout) => 504,
-            GatewayError::Upstream(_) | GatewayError::UpstreamUnauthorized => 502,
-            GatewayError::Shared(inner) => inner.status(),
-            GatewayError::BatchAbandoned => 500,
-            GatewayError::RateLimited { .. }
-            | GatewayError::TooManyFailures { .. }
-            | GatewayError::VendorQuota { .. } => 429,
-        }
+        self.kind().0
     }
 
     /// The `error` field: the vendor's own name where callers' SDKs act on it, else `imgate_…`.
     pub fn name(&self) -> &'static str {
-        match self {
-            GatewayError::BadPath(_) => "imgate_bad_path",
-            GatewayError::NoRoute => "imgate_no_route",
-            GatewayError::UnknownApp => "organization_application_not_found",
-            // The vendor's name, so that vendor SDKs refresh their credentials.
-            GatewayError::Unauthenticated => "unauthorized",
-            GatewayError::Forbidden => "imgate_forbidden",
-            GatewayError::BodyTooLarge(_) => "imgate_body_too_large",
-            GatewayError::BodyUnreadable => "imgate_bad_request",
-            GatewayError::BodyTimeout => "imgate_body_timeout",
-            // The vendor's names, which vendor SDKs understand.
-            GatewayError::InvalidGrant | GatewayError::UnsupportedGrant => "invalid_grant",
-            GatewayError::UnsupportedMediaType => "web_application",
-            GatewayError::BadJson => "json_parse",
-            GatewayError::EndpointNotForwarded => "imgate_endpoint_not_forwarded",
-            GatewayError::Token(_) => "imgate_token_unavailable",
-            GatewayError::Upstream(UpstreamError::Timeout) => "imgate_upstream_timeout",
-            GatewayError::Upstream(UpstreamError::Connect(_)) => "imgate_upstream_unavailable",
-            GatewayError::Upstream(UpstreamError::Tls(_)) => "imgate_upstream_tls",
-            GatewayError::Upstream(_) => "imgate_upstream_error",
-            GatewayError::UpstreamUnauthorized => "imgate_upstream_unauthorized",
-            GatewayError::Shared(inner) => inner.name(),
-            GatewayError::BatchAbandoned => "imgate_internal_error",
-            GatewayError::RateLimited { .. } | GatewayError::TooManyFailures { .. } => {
-                "imgate_rate_limited"
-            }
-            GatewayError::VendorQuota { .. } => "imgate_vendor_quota",
-        }
+        self.kind().1
     }
 
     /// Who is at fault.
     pub fn fault(&self) -> Fault {
+        self.kind().2
+    }
+
+    /// Status, `error` name and fault: one row per kind of error, so that they are read (and
+    /// changed) together.
+    fn kind(&self) -> (u16, &'static str, Fault) {
+        use Fault::{Caller, Imgate, Vendor};
         match self {
-            GatewayError::BadPath(_)
-            | GatewayError::NoRoute
-            | GatewayError::UnknownApp
-            | GatewayError::Unauthenticated
-            | GatewayError::Forbidden
-            | GatewayError::BodyTooLarge(_)
-            | GatewayError::BodyUnreadable
-            | GatewayError::BodyTimeout
-            | GatewayError::InvalidGrant
-            | GatewayError::UnsupportedGrant
-            | GatewayError::UnsupportedMediaType
-            | GatewayError::BadJson
-            | GatewayError::RateLimited { .. }
-            | GatewayError::TooManyFailures { .. }
-            | GatewayError::EndpointNotForwarded => Fault::Caller,
-            GatewayError::Token(_)
-            | GatewayError::UpstreamUnauthorized
-            | GatewayError::BatchAbandoned => Fault::Imgate,
-            GatewayError::Upstream(_) | GatewayError::VendorQuota { .. } => Fault::Vendor,
-            GatewayError::Shared(inner) => inner.fault(),
+            GatewayError::BadPath(_) => (400, "imgate_bad_path", Caller),
+            GatewayError::NoRoute => (404, "imgate_no_route", Caller),
+            GatewayError::UnknownApp => (404, "organization_application_not_found", Caller),
+            // The vendor's name, so that vendor SDKs refresh their credentials.
+            GatewayError::Unauthenticated => (401, "unauthorized", Caller),
+            GatewayError::Forbidden => (403, "imgate_forbidden", Caller),
+            GatewayError::BodyTooLarge(_) => (413, "imgate_body_too_large", Caller),
+            GatewayError::BodyUnreadable => (400, "imgate_bad_request", Caller),
+            GatewayError::BodyTimeout => (408, "imgate_body_timeout", Caller),
+            // The vendor's names, which vendor SDKs understand.
+            GatewayError::InvalidGrant | GatewayError::UnsupportedGrant => {
+                (400, "invalid_grant", Caller)
+            }
+            GatewayError::UnsupportedMediaType => (415, "web_application", Caller),
+            GatewayError::BadJson => (400, "json_parse", Caller),
+            GatewayError::EndpointNotForwarded => (403, "imgate_endpoint_not_forwarded", Caller),
+            GatewayError::RateLimited { .. } | GatewayError::TooManyFailures { .. } => {
+                (429, "imgate_rate_limited", Caller)
+            }
+            GatewayError::Token(_) => (503, "imgate_token_unavailable", Imgate),
+            GatewayError::UpstreamUnauthorized => (502, "imgate_upstream_unauthorized", Imgate),
+            GatewayError::BatchAbandoned => (500, "imgate_internal_error", Imgate),
+            GatewayError::Upstream(UpstreamError::Timeout) => {
+                (504, "imgate_upstream_timeout", Vendor)
+            }
+            GatewayError::Upstream(UpstreamError::Connect(_)) => {
+                (502, "imgate_upstream_unavailable", Vendor)
+            }
+            GatewayError::Upstream(UpstreamError::Tls(_)) => (502, "imgate_upstream_tls", Vendor),
+            GatewayError::Upstream(_) => (502, "imgate_upstream_error", Vendor),
+            GatewayError::VendorQuota { .. } => (429, "imgate_vendor_quota", Vendor),
+            GatewayError::Shared(inner) => inner.kind(),
         }
     }
 
