@@ -6,6 +6,8 @@
 #
 #   bash benches/callgrind.sh            # imgate as benches/cache.sh runs it (quota on, no log)
 #   LOG=1 bash benches/callgrind.sh      # with the JSON access log written to a file
+#   KEEP=/tmp/cg bash benches/callgrind.sh  # also keeps both profiles there, to compare
+#                                         # functions (callgrind_annotate --inclusive=yes)
 #
 # imgate runs under callgrind twice, answering 500 and then 2,500 cached reads of one hot key
 # on one keep-alive connection (curl); the difference divided by 2,000 is the cost of one hit,
@@ -69,6 +71,10 @@ cost() {
 
 run 500
 run 2500
+if [ -n "${KEEP:-}" ]; then
+  mkdir -p "$KEEP"
+  cp "$work"/callgrind.500 "$work"/callgrind.2500 "$KEEP"/
+fi
 per_hit() {
   local many few
   many=$(cost "$work/callgrind.2500" "$1")
