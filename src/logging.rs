@@ -355,13 +355,14 @@ pub struct AccessLog {
     mode: AccessMode,
 }
 
-/// Writes the access-log line of `record` by `log`; without one (several gateways in one
-/// process, as in tests), through `tracing` if its filter lets `imgate::access` info through.
-pub fn access(log: Option<&AccessLog>, record: &AccessRecord<'_>) {
+/// Writes the access-log line of the record `make` builds (only when a line is written) by
+/// `log`; without one (several gateways in one process, as in tests), through `tracing` if its
+/// filter lets `imgate::access` info through.
+pub fn access<'r>(log: Option<&AccessLog>, make: impl FnOnce() -> AccessRecord<'r>) {
     match log {
-        Some(log) => log.write(record),
+        Some(log) => log.write(make),
         None if tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO) => {
-            access_event(record)
+            access_event(&make())
         }
         None => {}
     }
@@ -386,12 +387,12 @@ fn access_event(record: &AccessRecord<'_>) {
 }
 
 impl AccessLog {
-    /// Writes the line of `record` in the mode decided at start.
-    fn write(&self, record: &AccessRecord<'_>) {
+    /// Writes the line of the record `make` builds in the mode decided at start.
+    fn write<'r>(&self, make: impl FnOnce() -> AccessRecord<'r>) {
         match self.mode {
             AccessMode::Off => {}
-            AccessMode::Json => self.write_json(record),
-            AccessMode::Text => access_event(record),
+            AccessMode::Json => self.write_json(&make()),
+            AccessMode::Text => access_event(&make()),
         }
     }
 
@@ -822,7 +823,7 @@ mod tests {
                 total_ms: millis(0.000_035),
             };
             let generic = tracing_subscriber::fmt::format().json().flatten_event(true);
-            let slow = formatted(generic, || access(None, &record));
+            let slow = formatted(generic, || access(None, || record));
             let mut fast = String::new();
             let now = std::time::SystemTime::now();
             access_json(&mut fast, &record, |out| write_timestamp(out, now)).unwrap();

@@ -152,7 +152,7 @@ pub async fn handle(
         gateway.metrics.cache_lookup(endpoint, cache);
         app.record_cache(endpoint, cache);
     }
-    let record = AccessRecord {
+    logging::access(gateway.access_log(), || AccessRecord {
         request_id: request_id.as_str(),
         trace_id: trace_context.trace_id(),
         client: trace.client,
@@ -164,8 +164,7 @@ pub async fn handle(
         vendor_status: trace.vendor_status,
         vendor_ms: logging::millis(trace.vendor_seconds),
         total_ms: logging::millis(seconds),
-    };
-    logging::access(gateway.access_log(), &record);
+    });
     if !trace.headers_complete {
         let headers = response.headers_mut();
         if let Some((policy, remaining, reset)) = trace.rate {
