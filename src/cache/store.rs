@@ -99,8 +99,10 @@ impl Hasher for BucketHasher {
 /// Generation slots: keys share one when their bits say so (a change to one key then only
 /// costs the others a trip to moka).
 const GENERATIONS: usize = 4096;
-/// Entries in each thread's table.
-const FRONT_SLOTS: usize = 1024;
+/// Entries in each thread's table, direct-mapped: with 1,024, a thousand keys read at random
+/// found their copy only 64 % of the time (two keys of one slot evict each other), with 4,096
+/// 89 %. A full table of offline counts holds about 1 MiB (their rendered bodies included).
+const FRONT_SLOTS: usize = 4096;
 
 /// An entry found, with its body as an answer carries it. A thread's hits share its table's
 /// `Arc<Found>`: they write a reference count that no other thread writes (cloning the entry
