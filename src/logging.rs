@@ -252,20 +252,17 @@ impl std::io::Write for QueueLine<'_> {
 
 /// Logs to stdout in `format`, at `RUST_LOG`'s level if set, else at `level`. Returns `None` when
 /// a logger is already installed (as in tests that start several gateways in one process), or
-/// when the writer thread cannot start.
+/// when the writer thread cannot start (no line is then written, as without a logger).
 pub fn init(format: LogFormat, level: &str) -> Option<Logging> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::stdout().is_terminal();
     let queue = Arc::new(Queue::new(SHARD_BYTES));
-    let logging = Logging::start(queue.clone(), std::io::stdout(), format)
-        .map_err(|err| eprintln!("imgate: no log writer thread: {err}"))
-        .ok()?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(QueueWriter(queue));
+        .with_writer(QueueWriter(queue.clone()));
     let installed = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder
@@ -275,7 +272,12 @@ pub fn init(format: LogFormat, level: &str) -> Option<Logging> {
             ))
             .try_init(),
     };
-    installed.ok().map(|()| logging)
+    installed.ok()?;
+    // Started once its subscriber is in place: a process that has a logger already starts no
+    // thread. Lines logged meanwhile wait in the queue, and `start` wakes the writer for them.
+    Logging::start(queue, std::io::stdout(), format)
+        .map_err(|err| eprintln!("imgate: no log writer thread: {err}"))
+        .ok()
 }
 
 /// The JSON formatter, with the lists of [`LISTS_TARGET`] events as arrays.
