@@ -44,7 +44,7 @@ use crate::logging::{self, AccessRecord};
 use crate::metrics::Scope;
 use crate::route::{self, Endpoint, Route};
 use crate::server::{self, BodyError, HttpResponse};
-use crate::trace::{RequestId, TraceContext, TRACEPARENT};
+use crate::trace::{self, RequestId, TraceContext, TRACEPARENT};
 use crate::upstream::{forward_headers, UpstreamError, VendorResponse};
 use crate::vendor;
 
@@ -93,8 +93,9 @@ pub async fn handle(
     peer: SocketAddr,
 ) -> HttpResponse {
     let started = Instant::now();
-    let request_id = RequestId::from_headers(req.headers(), &X_REQUEST_ID);
-    let trace_context = TraceContext::from_headers(req.headers(), &request_id);
+    let (caller_id, traceparent) = trace::caller_ids(req.headers(), &X_REQUEST_ID);
+    let request_id = RequestId::from_value(caller_id);
+    let trace_context = TraceContext::from_value(traceparent, &request_id);
     let method = req.method().clone();
     let version = req.version();
     let snapshot = gateway.snapshot_for_request();

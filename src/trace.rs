@@ -14,6 +14,24 @@ pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// Longest caller-supplied request id that is echoed; longer ones are replaced.
 const MAX_REQUEST_ID: usize = 128;
 
+/// The caller's `X-Request-Id` (`header`) and `traceparent` values, the first of each, found in
+/// one pass over the request's headers: comparing the names of the few headers a request has
+/// costs less than hashing both names for two lookups.
+pub fn caller_ids<'h>(
+    headers: &'h HeaderMap,
+    header: &HeaderName,
+) -> (Option<&'h HeaderValue>, Option<&'h HeaderValue>) {
+    let (mut id, mut traceparent) = (None, None);
+    for (name, value) in headers {
+        if name == header {
+            id = id.or(Some(value));
+        } else if name == TRACEPARENT {
+            traceparent = traceparent.or(Some(value));
+        }
+    }
+    (id, traceparent)
+}
+
 /// A request's id: the caller's `X-Request-Id` when it is short and printable, else a new
 /// random one (32 hex digits, also a valid trace id).
 #[derive(Debug, Clone)]
@@ -25,10 +43,9 @@ pub enum RequestId {
 }
 
 impl RequestId {
-    /// The id of a request with these headers (`header`: the `X-Request-Id` name).
-    pub fn from_headers(headers: &HeaderMap, header: &HeaderName) -> RequestId {
-        headers
-            .get(header)
+    /// The id of a request whose `X-Request-Id` is `value` ([`caller_ids`]).
+    pub fn from_value(value: Option<&HeaderValue>) -> RequestId {
+        value
             .filter(|v| {
                 let bytes = v.as_bytes();
                 !bytes.is_empty()
@@ -74,12 +91,11 @@ pub struct TraceContext {
 }
 
 impl TraceContext {
-    /// The caller's trace when its `traceparent` is valid (version 00), else a new one whose
-    /// id is the request's id when that is a valid trace id (imgate's own request ids are), so
-    /// that the two correlate and no second random id is made per request.
-    pub fn from_headers(headers: &HeaderMap, request_id: &RequestId) -> TraceContext {
-        headers
-            .get(&TRACEPARENT)
+    /// The caller's trace when its `traceparent` ([`caller_ids`]) is valid (version 00), else a
+    /// new one whose id is the request's id when that is a valid trace id (imgate's own request
+    /// ids are), so that the two correlate and no second random id is made per request.
+    pub fn from_value(traceparent: Option<&HeaderValue>, request_id: &RequestId) -> TraceContext {
+        traceparent
             .and_then(|v| parse(v.as_bytes()))
             .unwrap_or_else(|| TraceContext {
                 trace_id: match request_id {
@@ -173,6 +189,10 @@ mod tests {
         RequestId::Caller(HeaderValue::from_str(id).unwrap())
     }
 
+    fn traceparent(headers: &HeaderMap) -> Option<&HeaderValue> {
+        caller_ids(headers, &HeaderName::from_static("x-request-id")).1
+    }
+
     fn headers(value: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
         h.insert(&TRACEPARENT, HeaderValue::from_str(value).unwrap());
@@ -187,7 +207,7 @@ mod tests {
             if let Some(value) = value {
                 h.insert(&x_request_id, HeaderValue::from_str(value).unwrap());
             }
-            RequestId::from_headers(&h, &x_request_id)
+            RequestId::from_value(caller_ids(&h, &x_request_id).0)
         };
         assert_eq!(id(Some("abc-123")).as_str(), "abc-123");
         assert_eq!(id(Some("abc-123")).header_value(), "abc-123");
@@ -202,7 +222,8 @@ mod tests {
     #[test]
     fn a_valid_traceparent_continues_with_a_new_span() {
         let incoming = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
-        let ctx = TraceContext::from_headers(&headers(incoming), &RequestId::New([b'f'; 32]));
+        let ctx =
+            TraceContext::from_value(traceparent(&headers(incoming)), &RequestId::New([b'f'; 32]));
         assert_eq!(ctx.trace_id(), "0af7651916cd43dd8448eb211c80319c");
         let child = ctx.child();
         let child = child.to_str().unwrap();
@@ -222,28 +243,47 @@ mod tests {
             "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
             "garbage",
         ] {
-            let ctx = TraceContext::from_headers(&headers(bad), &caller("caller-chosen-id"));
+            let ctx =
+                TraceContext::from_value(traceparent(&headers(bad)), &caller("caller-chosen-id"));
             assert!(!bad.contains(ctx.trace_id()), "{bad}");
             assert_eq!(ctx.trace_id().len(), 32);
             assert!(is_trace_id(ctx.trace_id().as_bytes()));
         }
-        let fresh = TraceContext::from_headers(&HeaderMap::new(), &caller("short")).child();
+        let fresh = TraceContext::from_value(None, &caller("short")).child();
         assert!(parse(fresh.as_bytes()).is_some());
     }
 
     #[test]
     fn a_new_trace_takes_the_request_id_when_it_is_a_valid_trace_id() {
         let id = random_hex::<32>();
-        let ctx = TraceContext::from_headers(&HeaderMap::new(), &RequestId::New(id));
+        let ctx = TraceContext::from_value(None, &RequestId::New(id));
         assert_eq!(ctx.trace_id().as_bytes(), id);
         let theirs = "0af7651916cd43dd8448eb211c80319c";
-        let ctx = TraceContext::from_headers(&HeaderMap::new(), &caller(theirs));
+        let ctx = TraceContext::from_value(None, &caller(theirs));
         assert_eq!(ctx.trace_id(), theirs);
         for unusable in [[b'0'; 32], [b'A'; 32]] {
             let unusable_id = RequestId::Caller(HeaderValue::from_bytes(&unusable).unwrap());
-            let ctx = TraceContext::from_headers(&HeaderMap::new(), &unusable_id);
+            let ctx = TraceContext::from_value(None, &unusable_id);
             assert_ne!(ctx.trace_id().as_bytes(), unusable);
             assert!(is_trace_id(ctx.trace_id().as_bytes()));
         }
+    }
+
+    #[test]
+    fn one_pass_finds_what_two_lookups_find() {
+        let x_request_id = HeaderName::from_static("x-request-id");
+        let mut h = HeaderMap::new();
+        assert_eq!(caller_ids(&h, &x_request_id), (None, None));
+        h.insert("host", HeaderValue::from_static("gw"));
+        h.append(&TRACEPARENT, HeaderValue::from_static("first-parent"));
+        h.append("x-other", HeaderValue::from_static("x"));
+        h.append(&x_request_id, HeaderValue::from_static("first-id"));
+        h.append(&x_request_id, HeaderValue::from_static("second-id"));
+        h.append(&TRACEPARENT, HeaderValue::from_static("second-parent"));
+        let (id, parent) = caller_ids(&h, &x_request_id);
+        assert_eq!(id, h.get(&x_request_id));
+        assert_eq!(parent, h.get(&TRACEPARENT));
+        assert_eq!(id.unwrap(), "first-id");
+        assert_eq!(parent.unwrap(), "first-parent");
     }
 }
