@@ -15,9 +15,12 @@ use imgate::cache::{Cache, CachePolicy, CacheSettings, Key, Kind};
 use imgate::upstream::VendorResponse;
 use serde_json::json;
 
+#[path = "../src/allocator.rs"]
+mod allocator;
+
 /// The binary's allocator (src/main.rs): resident memory depends on it.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: allocator::MiMalloc = allocator::MiMalloc;
 
 const APP_ID: &str = "a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6";
 
