@@ -615,10 +615,13 @@ async fn replicas_count_each_other_and_a_dead_one_drops_out() {
         let _ = Command::new("kill")
             .args(["-TERM", &leaving.process.0.id().to_string()])
             .status();
+        let left = fleet
+            .all_report("imgate_cluster_replicas", 2.0, Duration::from_secs(2))
+            .await;
         assert!(
-            fleet
-                .all_report("imgate_cluster_replicas", 2.0, Duration::from_secs(2))
-                .await
+            left,
+            "still counted after SIGTERM; its log: {}",
+            leaving.log_text()
         );
     }
     drop(leaving);
