@@ -320,7 +320,8 @@ enum ConnEvent<T> {
 
 /// A connection's rare events, its idle deadline and the shutdown signal, looked at only after
 /// one of them woke the connection's task. `select!` would poll both on every wake-up, that is
-/// on every request of a keep-alive connection (about 250 instructions of a cache hit's 18.7k).
+/// on every request of a keep-alive connection (350 instructions of a cache hit's 18.7k, as
+/// `benches/callgrind.sh` measured when this replaced it).
 struct RareEvents {
     wake: Arc<RareWake>,
     /// Given to the rare events' futures: wakes the task and marks them for a look.
