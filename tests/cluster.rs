@@ -19,7 +19,7 @@ use common::{
     agora_prefix, demo_config, free_port, Http, KillOnDrop, Resp, TestEmulator, TestGateway,
     DEMO_AUTH,
 };
-use imgate::cluster::RawCluster;
+use imgate::cluster::{Cluster, RawCluster};
 use imgate::config::RawConfig;
 
 /// One test at a time: they measure rates, and three replicas already fill two cores.
@@ -625,6 +625,38 @@ async fn replicas_count_each_other_and_a_dead_one_drops_out() {
         );
     }
     drop(leaving);
+}
+
+/// A replica that has left is not added back by its own next heartbeat: before the fix, the
+/// membership task went on beating after `leave` until the process ended, and a beat in that
+/// window put the entry back for the whole liveness period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_left_stays_out_while_its_process_lives_on() {
+    let _serial = SERIAL.lock().await;
+    let redis = TestRedis::start();
+    let settings = RawCluster {
+        redis_url: redis.url(),
+        key_prefix: "left:".into(),
+        timeout_ms: 250,
+    }
+    .validate()
+    .expect("cluster settings");
+    let cluster = Cluster::new(&settings, &prometheus::Registry::new()).expect("cluster");
+    cluster.start();
+    let members = || redis.command("ZCARD left:{cluster}:replicas");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            members().as_deref() == Some(":1\r\n")
+        })
+        .await,
+        "never joined: {:?}",
+        members()
+    );
+    cluster.leave().await;
+    assert_eq!(members().as_deref(), Some(":0\r\n"));
+    // Two heartbeat periods with the handle alive: no beat may add the entry back.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(members().as_deref(), Some(":0\r\n"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

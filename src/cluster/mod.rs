@@ -28,7 +28,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{FromRedisValue, RedisResult, Script, ToRedisArgs};
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
-use tokio::sync::watch;
+use tokio::sync::{watch, Mutex};
 
 pub use config::{ClusterSettings, RawCluster};
 
@@ -162,6 +162,10 @@ pub struct Cluster {
     up_changes: watch::Sender<bool>,
     replicas: AtomicU32,
     id: String,
+    /// Held by each heartbeat and by [`Cluster::leave`]; `true` once this replica has left.
+    /// A heartbeat in flight when the replica leaves would otherwise add its entry back after
+    /// the removal, and the others would count it until the entry expired.
+    left: Mutex<bool>,
     metrics: ClusterMetrics,
 }
 
@@ -195,12 +199,13 @@ impl Cluster {
             up_changes: watch::channel(false).0,
             replicas: AtomicU32::new(1),
             id: format!("{:016x}", rand::random::<u64>()),
+            left: Mutex::new(false),
             metrics,
         }))
     }
 
-    /// Starts the background task: connect, heartbeat, probe while down. It ends when the last
-    /// handle is dropped.
+    /// Starts the background task: connect, heartbeat, probe while down. It ends when the
+    /// replica leaves or the last handle is dropped.
     pub fn start(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move { membership(weak).await });
@@ -349,12 +354,16 @@ impl Cluster {
     }
 
     /// One heartbeat: this replica's entry refreshed on the Redis clock, stale ones dropped,
-    /// the live ones counted.
-    async fn heartbeat(&self) -> Result<u32, ClusterError> {
+    /// the live ones counted; `None` once this replica has left.
+    async fn heartbeat(&self) -> Result<Option<u32>, ClusterError> {
         static HEARTBEAT_SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
         let script = HEARTBEAT_SCRIPT.get_or_init(|| Script::new(include_str!("heartbeat.lua")));
         let key = self.key("cluster", &["replicas"]);
         let liveness = LIVENESS.as_millis() as u64;
+        let left = self.left.lock().await;
+        if *left {
+            return Ok(None);
+        }
         self.call_anyway(Op::Heartbeat, |mut connection| async move {
             script
                 .key(&key)
@@ -364,11 +373,15 @@ impl Cluster {
                 .await
         })
         .await
+        .map(Some)
     }
 
     /// Leaves the membership at once (on shutdown), so the others' shares grow without waiting
     /// for this replica's entry to expire.
     pub async fn leave(&self) {
+        // Waits for a heartbeat in flight (its Redis timeout at most), and stops the next ones.
+        let mut left = self.left.lock().await;
+        *left = true;
         let key = self.key("cluster", &["replicas"]);
         let _ = self
             .call(Op::Heartbeat, |mut connection| async move {
@@ -383,7 +396,7 @@ impl Cluster {
 }
 
 /// Connects, heartbeats every [`HEARTBEAT`] while Redis answers, probes every [`PROBE`] while
-/// it does not, until the cluster handle is gone.
+/// it does not, until the replica leaves or the cluster handle is gone.
 async fn membership(cluster: Weak<Cluster>) {
     loop {
         let Some(cluster) = cluster.upgrade() else {
@@ -394,7 +407,8 @@ async fn membership(cluster: Weak<Cluster>) {
             Err(err) => Err(err),
         };
         match beat {
-            Ok(live) => {
+            Ok(None) => return,
+            Ok(Some(live)) => {
                 cluster.replicas.store(live.max(1), Ordering::Relaxed);
                 cluster.metrics.replicas.set(i64::from(live.max(1)));
                 cluster.set_up(true, None);
