@@ -8,14 +8,15 @@
 #   LOG=1 bash benches/callgrind.sh      # with the JSON access log written to a file
 #   KEEP=/tmp/cg bash benches/callgrind.sh  # also keeps both profiles there, to compare
 #                                         # functions (callgrind_annotate --inclusive=yes)
+#   CEILING=1 bash benches/callgrind.sh  # the same for the ceiling (benches/ceiling.rs)
 #
 # imgate runs under callgrind twice, answering 500 and then 2,500 cached reads of one hot key
 # on one keep-alive connection (curl); the difference divided by 2,000 is the cost of one hit,
 # without start-up and shutdown. The figure is the connection task (imgate's connection future,
 # inclusive: parsing, the request path, writing the answer); with LOG=1 also the log writer
-# thread's share. The bare hyper server of benches/ceiling.rs cost about 10.3k in its
-# connection task before LTO. (The whole process is not a useful figure: start-up calibrates a
-# clock for a varying number of rounds.)
+# thread's share; with CEILING=1 the bare hyper server's whole process, which answers the same
+# request with a fixed body. (imgate's whole process is not a useful figure: its start-up
+# calibrates a clock for a varying number of rounds.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin:/sbin"
@@ -32,6 +33,12 @@ URL="http://$GW/app-id/$AGORA_ID/users/bench-user/offline_msg_count"
 
 cargo build --release --locked -q
 BIN=target/release/imgate
+if [ -n "${CEILING:-}" ]; then
+  # Its path from cargo, as benches/cache.sh finds it.
+  CEILING_BIN=$(cargo build --release --locked -q --bench ceiling --message-format=json |
+    sed -n 's/.*"executable":"\([^"]*ceiling[^"]*\)".*/\1/p' | tail -n1)
+  [ -x "$CEILING_BIN" ] || { echo "callgrind.sh: no ceiling executable built" >&2; exit 1; }
+fi
 # shellcheck source=benches/common.sh
 . benches/common.sh
 
@@ -43,23 +50,29 @@ sed -e "s|http://127.0.0.1:8081|http://$EMU|" -e "s|127.0.0.1:8080|$GW|" -e "s|1
   config/demo.toml > "$work/gateway.toml"
 printf '\n[cache.offline_count]\nttl_ms = 600000\n' >> "$work/gateway.toml"
 
-# run N: imgate under callgrind answering N hits; the profile goes to $work/callgrind.N.
+# run N: the server under callgrind answering N hits; the profile goes to $work/callgrind.N.
 run() {
-  local n=$1 out="$work/callgrind.$1" log_args=() level=warn
+  local n=$1 out="$work/callgrind.$1" log_args=() level=warn ready="http://$ADMIN/healthz" stop=INT
   if [ -n "${LOG:-}" ]; then log_args=(--log-format json); level=info; fi
-  RUST_LOG=$level valgrind --tool=callgrind --callgrind-out-file="$out" \
-    "$BIN" "${log_args[@]}" serve --config "$work/gateway.toml" > "$work/imgate.log" 2>&1 &
+  if [ -n "${CEILING:-}" ]; then
+    # It has no signal handling of its own: SIGTERM ends it, and callgrind still writes.
+    valgrind --tool=callgrind --callgrind-out-file="$out" "$CEILING_BIN" "$GW" > "$work/imgate.log" 2>&1 &
+    ready=$URL stop=TERM
+  else
+    RUST_LOG=$level valgrind --tool=callgrind --callgrind-out-file="$out" \
+      "$BIN" "${log_args[@]}" serve --config "$work/gateway.toml" > "$work/imgate.log" 2>&1 &
+  fi
   local pid=$!
   # Under callgrind start-up takes seconds.
   for _ in $(seq 300); do
-    curl -s -o /dev/null --max-time 1 "http://$ADMIN/healthz" && break
+    curl -s -o /dev/null --max-time 1 "$ready" && break
     sleep 0.2
   done
   curl -s -o /dev/null -H 'Authorization: Bearer demo-key' "$URL"
   : > "$work/urls"
   for _ in $(seq "$n"); do printf 'url = "%s"\noutput = "/dev/null"\n' "$URL" >> "$work/urls"; done
   curl -s -H 'Authorization: Bearer demo-key' -K "$work/urls"
-  kill -INT "$pid"
+  kill -"$stop" "$pid"
   wait "$pid" || true
 }
 
@@ -81,6 +94,14 @@ per_hit() {
   few=$(cost "$work/callgrind.500" "$1")
   if [ -n "$many" ] && [ -n "$few" ]; then echo $(((many - few) / 2000)); else echo "n/a"; fi
 }
+if [ -n "${CEILING:-}" ]; then
+  # The whole process: the connection task's inclusive figure is not reliable on its
+  # work-stealing runtime, and its start-up does the same work every time.
+  total() { sed -n 's/^totals: //p' "$1"; }
+  echo "instructions per request of the ceiling:"
+  echo "  whole process      $((($(total "$work/callgrind.2500") - $(total "$work/callgrind.500")) / 2000))"
+  exit 0
+fi
 echo "instructions per cache hit${LOG:+ (JSON access log on)}:"
 echo "  connection task    $(per_hit 'imgate::server::Conn::run::\{\{closure\}\} \[')"
 if [ -n "${LOG:-}" ]; then
