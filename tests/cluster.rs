@@ -27,16 +27,41 @@ static SERIAL: Mutex<()> = Mutex::const_new(());
 
 const LIMITED_AUTH: (&str, &str) = ("authorization", "Bearer demo-limited-key");
 
-/// `raw` in cluster mode on `redis`.
-fn clustered(mut raw: RawConfig, redis: &TestRedis) -> RawConfig {
-    raw.cluster = Some(RawCluster {
+/// The cluster settings of the tests: `redis`, keys under `prefix`.
+fn raw_cluster(redis: &TestRedis, prefix: &str) -> RawCluster {
+    RawCluster {
         redis_url: redis.url(),
-        key_prefix: "test:".into(),
+        key_prefix: prefix.into(),
         // Generous: a loaded test machine must not trip the breaker by accident.
         timeout_ms: 250,
-    });
+    }
+}
+
+/// `raw` in cluster mode on `redis`.
+fn clustered(mut raw: RawConfig, redis: &TestRedis) -> RawConfig {
+    raw.cluster = Some(raw_cluster(redis, "test:"));
     raw.server.shutdown_delay_ms = 0;
     raw
+}
+
+/// A replica's in-process cluster handle on `redis` (keys under `prefix`), its membership task
+/// started, once Redis counts it.
+async fn joined_cluster(redis: &TestRedis, prefix: &str) -> Arc<Cluster> {
+    let settings = raw_cluster(redis, prefix)
+        .validate()
+        .expect("cluster settings");
+    let cluster = Cluster::new(&settings, &prometheus::Registry::new()).expect("cluster");
+    cluster.start();
+    let count = format!("ZCARD {prefix}{{cluster}}:replicas");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            redis.command(&count).as_deref() == Some(":1\r\n")
+        })
+        .await,
+        "never joined: {:?}",
+        redis.command(&count)
+    );
+    cluster
 }
 
 /// The value of the first sample of `name` in a Prometheus text exposition.
@@ -634,29 +659,32 @@ async fn replicas_count_each_other_and_a_dead_one_drops_out() {
 async fn a_replica_that_left_stays_out_while_its_process_lives_on() {
     let _serial = SERIAL.lock().await;
     let redis = TestRedis::start();
-    let settings = RawCluster {
-        redis_url: redis.url(),
-        key_prefix: "left:".into(),
-        timeout_ms: 250,
-    }
-    .validate()
-    .expect("cluster settings");
-    let cluster = Cluster::new(&settings, &prometheus::Registry::new()).expect("cluster");
-    cluster.start();
+    let cluster = joined_cluster(&redis, "left:").await;
     let members = || redis.command("ZCARD left:{cluster}:replicas");
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            members().as_deref() == Some(":1\r\n")
-        })
-        .await,
-        "never joined: {:?}",
-        members()
-    );
     cluster.leave().await;
     assert_eq!(members().as_deref(), Some(":0\r\n"));
     // Two heartbeat periods with the handle alive: no beat may add the entry back.
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     assert_eq!(members().as_deref(), Some(":0\r\n"));
+}
+
+/// Leaving waits for a heartbeat in flight, and a heartbeat waits for Redis at most the
+/// cluster timeout: with Redis frozen (it accepts nothing and answers nothing), `leave` still
+/// returns within about two timeouts, and shutdown is not held up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaving_while_redis_hangs_takes_no_longer_than_its_timeouts() {
+    let _serial = SERIAL.lock().await;
+    let redis = TestRedis::start();
+    let cluster = joined_cluster(&redis, "frozen:").await;
+    redis.freeze();
+    // Past the next heartbeat (every second): it is waiting on Redis, or has just given up.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let started = Instant::now();
+    let left = tokio::time::timeout(Duration::from_secs(5), cluster.leave()).await;
+    let took = started.elapsed();
+    redis.thaw();
+    assert!(left.is_ok(), "leave() hung while Redis was frozen");
+    assert!(took < Duration::from_millis(1_500), "leave() took {took:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -38,6 +38,26 @@ impl TestRedis {
         }
     }
 
+    /// Stops the server where it is (SIGSTOP): connections stay open and nothing is answered,
+    /// as a hung server or a dropped network looks. [`TestRedis::thaw`] resumes it.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Resumes a frozen server.
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, which: &str) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill")
+                .args([which, &child.id().to_string()])
+                .status();
+            assert!(status.is_ok_and(|s| s.success()), "kill {which} failed");
+        }
+    }
+
     /// Starts the server again on the same port (empty: nothing was persisted).
     pub fn restart(&mut self) {
         self.kill();
