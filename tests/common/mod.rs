@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -110,8 +111,40 @@ pub fn easemob_prefix(base: &str) -> String {
     format!("{base}/{}/{}", demo::EASEMOB_ORG, demo::EASEMOB_APP)
 }
 
-/// A loopback port that was free a moment ago (for servers in child processes).
+/// A loopback port that was free a moment ago, for a server in a child process (which binds it
+/// later, perhaps again after a restart). Taken below the kernel's ephemeral range, which
+/// `bind(0)` and every outgoing connection draw from: a port from that range can be taken by
+/// one of the test's own connections before the child binds it. A counter shared by the test
+/// threads hands each port out once.
 pub fn free_port() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let Some((first, span)) = below_ephemeral_range() else {
+        return ephemeral_port();
+    };
+    // Test binaries that run at once start at different places.
+    let start = std::process::id();
+    for _ in 0..span {
+        let offset = start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let port = first + u16::try_from(offset).unwrap();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    ephemeral_port()
+}
+
+/// The 10,000 ports below the ephemeral range (`ip_local_port_range`), when they are all above
+/// the privileged ones.
+fn below_ephemeral_range() -> Option<(u16, u32)> {
+    const SPAN: u16 = 10_000;
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let low: u16 = range.split_whitespace().next()?.parse().ok()?;
+    let first = low.checked_sub(SPAN).filter(|first| *first >= 1024)?;
+    Some((first, u32::from(SPAN)))
+}
+
+/// A port the kernel picks from its ephemeral range.
+fn ephemeral_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
