@@ -5,20 +5,16 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::{Method, StatusCode};
+use http::Method;
 use serde_json::Value;
 use tokio::sync::Mutex;
 
 use common::redis::TestRedis;
-use common::{
-    agora_prefix, demo_config, free_port, Http, KillOnDrop, Resp, TestEmulator, TestGateway,
-    DEMO_AUTH,
-};
+use common::{agora_prefix, demo_config, Http, Resp, Served, TestEmulator, TestGateway, DEMO_AUTH};
 use imgate::cluster::{Cluster, RawCluster};
 use imgate::config::RawConfig;
 
@@ -103,70 +99,25 @@ where
     }
 }
 
-/// One `imgate serve` process.
+/// One `imgate serve` process of a fleet.
 struct Replica {
-    api: SocketAddr,
-    admin: SocketAddr,
-    process: KillOnDrop,
-    log: PathBuf,
+    served: Served,
 }
 
 impl Replica {
-    /// Starts `imgate serve` with `raw` on fresh ports; waits until it is ready.
-    async fn start(raw: &RawConfig, dir: &std::path::Path, name: &str) -> Replica {
-        let (api, admin): (SocketAddr, SocketAddr) = (
-            ([127, 0, 0, 1], free_port()).into(),
-            ([127, 0, 0, 1], free_port()).into(),
-        );
-        let mut raw = raw.clone();
-        raw.server.listen = api.to_string();
-        raw.server.admin_listen = admin.to_string();
-        let config = dir.join(format!("{name}.toml"));
-        std::fs::write(&config, toml::to_string(&raw).unwrap()).unwrap();
-        let log = dir.join(format!("{name}.log"));
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_imgate"))
-            .args(["serve", "--config", config.to_str().unwrap()])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap();
-        let replica = Replica {
-            api,
-            admin,
-            process: KillOnDrop(child),
-            log,
-        };
-        let ready = eventually(Duration::from_secs(10), || async {
-            Http::new()
-                .try_send(Method::GET, &format!("http://{admin}/readyz"), &[], None)
-                .await
-                .is_ok_and(|r| r.status == StatusCode::OK)
-        })
-        .await;
-        assert!(ready, "{name} not ready: {}", replica.log_text());
-        replica
-    }
-
     fn agora(&self) -> String {
-        agora_prefix(&format!("http://{}", self.api))
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        agora_prefix(&self.served.base())
     }
 
     async fn metric(&self, name: &str) -> Option<f64> {
-        metric(self.admin, name).await
+        metric(self.served.admin, name).await
     }
 
     async fn status(&self) -> Value {
         Http::new()
             .send(
                 Method::GET,
-                &format!("http://{}/status.json", self.admin),
+                &format!("http://{}/status.json", self.served.admin),
                 &[],
                 None,
             )
@@ -175,32 +126,32 @@ impl Replica {
     }
 }
 
-/// Replicas of one configuration, their files in a directory of their own.
+/// Replicas of one configuration.
 struct Fleet {
     replicas: Vec<Replica>,
     raw: RawConfig,
-    dir: PathBuf,
+    /// The test's name, in the replicas' names.
+    test: &'static str,
 }
 
 impl Fleet {
     /// `n` replicas of the demo configuration in front of `emu`, clustered on `redis`, after
     /// `adjust`.
     async fn start(
-        test: &str,
+        test: &'static str,
         n: usize,
         emu: &TestEmulator,
         redis: &TestRedis,
         adjust: impl FnOnce(&mut RawConfig),
     ) -> Fleet {
-        let dir =
-            std::env::temp_dir().join(format!("imgate-cluster-{}-{test}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
         let mut raw = clustered(demo_config(&emu.base()), redis);
+        // Warnings only: these tests measure rates, and an access line per request is extra work.
+        raw.log.level = "warn".into();
         adjust(&mut raw);
         let mut fleet = Fleet {
             replicas: Vec::new(),
             raw,
-            dir,
+            test,
         };
         for _ in 0..n {
             fleet.add().await;
@@ -210,9 +161,9 @@ impl Fleet {
 
     /// One more replica.
     async fn add(&mut self) -> &Replica {
-        let name = format!("r{}", self.replicas.len());
-        let replica = Replica::start(&self.raw, &self.dir, &name).await;
-        self.replicas.push(replica);
+        let name = format!("cluster-{}-r{}", self.test, self.replicas.len());
+        let served = Served::start(&name, self.raw.clone(), &[]).await;
+        self.replicas.push(Replica { served });
         &self.replicas[self.replicas.len() - 1]
     }
 
@@ -233,7 +184,7 @@ impl Fleet {
     fn logs(&self) -> String {
         self.replicas
             .iter()
-            .map(|r| r.log_text())
+            .map(|r| r.served.logs())
             .collect::<Vec<_>>()
             .join("\n---\n")
     }
@@ -619,7 +570,7 @@ async fn replicas_count_each_other_and_a_dead_one_drops_out() {
 
     // Killed without a word: its entry expires.
     let mut dead = fleet.replicas.pop().unwrap();
-    let _ = dead.process.0.kill();
+    dead.served.kill();
     let started = Instant::now();
     assert!(
         fleet
@@ -637,16 +588,14 @@ async fn replicas_count_each_other_and_a_dead_one_drops_out() {
     let leaving = fleet.replicas.pop().unwrap();
     #[cfg(unix)]
     {
-        let _ = Command::new("kill")
-            .args(["-TERM", &leaving.process.0.id().to_string()])
-            .status();
+        leaving.served.signal("-TERM");
         let left = fleet
             .all_report("imgate_cluster_replicas", 2.0, Duration::from_secs(2))
             .await;
         assert!(
             left,
             "still counted after SIGTERM; its log: {}",
-            leaving.log_text()
+            leaving.served.logs()
         );
     }
     drop(leaving);

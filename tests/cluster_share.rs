@@ -4,14 +4,13 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use http::Method;
 use serde_json::json;
 
 use common::redis::TestRedis;
-use common::{agora_token, demo_config, free_port, Http, KillOnDrop, Resp, TestEmulator};
+use common::{agora_token, demo_config, Http, Resp, Served, TestEmulator};
 use imgate::cluster::RawCluster;
 use imgate::demo;
 
@@ -27,20 +26,15 @@ const SECOND_KEY: &str = "second-key";
 
 /// One `imgate serve` process in cluster mode.
 struct Replica {
-    api: u16,
-    admin: u16,
+    served: Served,
     http: Http,
-    _process: KillOnDrop,
 }
 
 impl Replica {
     /// Starts a replica of the demo configuration in front of `emu` on `redis`; `name` tells
-    /// its files apart.
+    /// it apart.
     fn spawn(name: &str, emu: &TestEmulator, redis: &TestRedis) -> Replica {
-        let (api, admin) = (free_port(), free_port());
         let mut raw = demo_config(&emu.base());
-        raw.server.listen = format!("127.0.0.1:{api}");
-        raw.server.admin_listen = format!("127.0.0.1:{admin}");
         // A second caller without a quota (the tests poll).
         let mut second = raw.clients[0].clone();
         second.name = "second".into();
@@ -51,52 +45,20 @@ impl Replica {
             key_prefix: "test:".into(),
             timeout_ms: 250,
         });
-        let dir = std::env::temp_dir();
-        let file = |ext: &str| -> PathBuf {
-            dir.join(format!(
-                "imgate-cluster-share-{}-{}-{name}.{ext}",
-                std::process::id(),
-                redis.port
-            ))
-        };
-        let config = file("toml");
-        std::fs::write(&config, toml::to_string(&raw).unwrap()).unwrap();
-        let log = std::fs::File::create(file("log")).unwrap();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_imgate"))
-            .args(["serve", "--config", config.to_str().unwrap()])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .stdin(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
         Replica {
-            api,
-            admin,
+            served: Served::spawn(&format!("cluster-share-{name}"), raw, &[]),
             http: Http::new(),
-            _process: KillOnDrop(child),
         }
     }
 
     /// Waits until the replica is ready (every app holds a token).
-    async fn ready(self) -> Replica {
-        let url = format!("http://127.0.0.1:{}/readyz", self.admin);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let resp = self.http.try_send(Method::GET, &url, &[], None).await;
-            if resp.is_ok_and(|r| r.status == 200) {
-                return self;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "replica on {} not ready",
-                self.api
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+    async fn ready(mut self) -> Replica {
+        self.served.wait_ready().await;
+        self
     }
 
     async fn send(&self, method: Method, path: &str, key: &str, body: Option<&str>) -> Resp {
-        let url = format!("http://127.0.0.1:{}{path}", self.api);
+        let url = format!("{}{path}", self.served.base());
         let auth = format!("Bearer {key}");
         let mut headers = vec![("authorization", auth.as_str())];
         if body.is_some() {
@@ -124,7 +86,7 @@ impl Replica {
     }
 
     async fn admin(&self, path: &str) -> Resp {
-        let url = format!("http://127.0.0.1:{}{path}", self.admin);
+        let url = format!("http://{}{path}", self.served.admin);
         let auth = format!("Bearer {ADMIN_KEY}");
         self.http
             .send(Method::POST, &url, &[("authorization", &auth)], None)
@@ -132,7 +94,7 @@ impl Replica {
     }
 
     async fn metrics(&self) -> String {
-        let url = format!("http://127.0.0.1:{}/metrics", self.admin);
+        let url = format!("http://{}/metrics", self.served.admin);
         self.http.send(Method::GET, &url, &[], None).await.text()
     }
 }
@@ -407,7 +369,7 @@ async fn the_fleet_shares_one_sealed_easemob_token_and_renews_it_once() {
             assert!(
                 Instant::now() < deadline,
                 "replica {} kept its token",
-                replica.api
+                replica.served.api
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -473,7 +435,7 @@ async fn client_tokens_work_on_every_replica_and_invalidation_survives_a_redis_r
             assert!(
                 Instant::now() < deadline,
                 "replica {} did not rejoin",
-                replica.api
+                replica.served.api
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

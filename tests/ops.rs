@@ -4,17 +4,15 @@
 
 mod common;
 
-use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    agora_prefix, assert_no_secrets, demo_config, free_port, http, Http, KillOnDrop, TestEmulator,
-    TestGateway, DEMO_AUTH,
+    agora_prefix, assert_no_secrets, demo_config, http, Http, Served, TestEmulator, TestGateway,
+    DEMO_AUTH,
 };
 use http::Method;
-use imgate::config::RawConfig;
 use imgate::emulator::EmulatorConfig;
 use serde_json::{json, Value};
 
@@ -252,11 +250,11 @@ async fn sigterm_drains_in_flight_requests_then_refuses_and_exits_0() {
     raw.apps[0]
         .vendor_quotas
         .insert("offline_msg_count".into(), 1000);
-    let mut served = Served::start("sigterm", "json", raw).await;
+    let mut served = Served::start("sigterm", raw, &["--log-format", "json"]).await;
     let client = Http::new();
-    let readyz = format!("http://127.0.0.1:{}/readyz", served.admin);
+    let readyz = format!("http://{}/readyz", served.admin);
 
-    let base = agora_prefix(&format!("http://127.0.0.1:{}", served.api));
+    let base = agora_prefix(&served.base());
     let in_flight: Vec<_> = (0..50)
         .map(|i| {
             let url = format!("{base}/users/d{i}/offline_msg_count");
@@ -294,7 +292,7 @@ async fn sigterm_drains_in_flight_requests_then_refuses_and_exits_0() {
         "new connections are refused after the delay"
     );
     let status = loop {
-        if let Some(status) = served.process.0.try_wait().unwrap() {
+        if let Some(status) = served.exited() {
             break status;
         }
         assert!(
@@ -344,12 +342,13 @@ async fn sigterm_drains_in_flight_requests_then_refuses_and_exits_0() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_logs_to_a_file_carry_no_colour_codes_and_drops_are_a_metric() {
     let emu = TestEmulator::demo().await;
-    let mut served = Served::start("text", "text", demo_config(&emu.base())).await;
+    let mut served =
+        Served::start("text", demo_config(&emu.base()), &["--log-format", "text"]).await;
     let client = Http::new();
     let scrape = client
         .send(
             Method::GET,
-            &format!("http://127.0.0.1:{}/metrics", served.admin),
+            &format!("http://{}/metrics", served.admin),
             &[],
             None,
         )
@@ -359,7 +358,7 @@ async fn text_logs_to_a_file_carry_no_colour_codes_and_drops_are_a_metric() {
         scrape.contains("imgate_log_lines_dropped_total 0"),
         "the dropped-lines counter is exported: {scrape}"
     );
-    let base = agora_prefix(&format!("http://127.0.0.1:{}", served.api));
+    let base = agora_prefix(&served.base());
     let resp = client
         .send(
             Method::GET,
@@ -371,7 +370,7 @@ async fn text_logs_to_a_file_carry_no_colour_codes_and_drops_are_a_metric() {
     assert_eq!(resp.status, 200);
     served.signal("-TERM");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while served.process.0.try_wait().unwrap().is_none() {
+    while served.exited().is_none() {
         assert!(Instant::now() < deadline, "exited after SIGTERM");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -387,109 +386,29 @@ async fn text_logs_to_a_file_carry_no_colour_codes_and_drops_are_a_metric() {
     );
 }
 
-/// `imgate serve` in a child process, its configuration and log (stdout and stderr) in a folder
-/// of its own; killed, and the folder removed, when dropped.
-struct Served {
-    process: KillOnDrop,
-    dir: PathBuf,
-    /// The configuration it was started with (listeners on the ports below).
-    raw: RawConfig,
-    api: u16,
-    admin: u16,
-}
-
-impl Served {
-    /// Starts `imgate serve --log-format FORMAT` with `raw` on free loopback ports; returns
-    /// once it is ready.
-    async fn start(name: &str, format: &str, mut raw: RawConfig) -> Served {
-        let (api, admin) = (free_port(), free_port());
-        raw.server.listen = format!("127.0.0.1:{api}");
-        raw.server.admin_listen = format!("127.0.0.1:{admin}");
-        let dir = std::env::temp_dir().join(format!("imgate-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("imgate.toml"), toml::to_string(&raw).unwrap()).unwrap();
-        let log = std::fs::File::create(dir.join("imgate.log")).unwrap();
-        let served = Served {
-            process: KillOnDrop(
-                Command::new(env!("CARGO_BIN_EXE_imgate"))
-                    .args(["--log-format", format, "serve", "--config"])
-                    .arg(dir.join("imgate.toml"))
-                    .env("RUST_LOG", "info")
-                    .stdout(log.try_clone().unwrap())
-                    .stderr(log)
-                    .spawn()
-                    .unwrap(),
-            ),
-            dir,
-            raw,
-            api,
-            admin,
-        };
-        let readyz = format!("http://127.0.0.1:{admin}/readyz");
-        let client = Http::new();
-        for _ in 0..100 {
-            let up = client.try_send(Method::GET, &readyz, &[], None).await;
-            if up.is_ok_and(|r| r.status == 200) {
-                return served;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("imgate serve never became ready:\n{}", served.logs());
-    }
-
-    fn write_config(&self, raw: &RawConfig) {
-        std::fs::write(self.dir.join("imgate.toml"), toml::to_string(raw).unwrap()).unwrap();
-    }
-
-    /// Sends a signal (`-TERM`, `-HUP`) with kill(1).
-    fn signal(&self, signal: &str) {
-        let pid = self.process.0.id().to_string();
-        assert!(Command::new("kill")
-            .args([signal, &pid])
-            .status()
-            .unwrap()
-            .success());
-    }
-
-    /// What it has logged so far.
-    fn logs(&self) -> String {
-        let mut logs = String::new();
-        std::fs::File::open(self.dir.join("imgate.log"))
-            .and_then(|mut f| f.read_to_string(&mut logs))
-            .unwrap();
-        logs
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reload_line_lists_changed_apps_and_clients_as_json_arrays() {
     let emu = TestEmulator::demo().await;
     let mut raw = demo_config(&emu.base());
     raw.server.shutdown_delay_ms = 0;
-    let served = Served::start("reload", "json", raw.clone()).await;
-    raw.server = served.raw.server.clone();
+    let mut served = Served::start("reload", raw, &["--log-format", "json"]).await;
 
     // One app and two clients change, one client goes, one comes.
-    raw.apps[0].token_expire_secs = Some(3_600);
-    raw.clients[0].name = "renamed".into();
-    raw.clients[1].key = Some("a-new-limited-key".into());
-    raw.clients.push(imgate::config::RawClient {
-        name: "newcomer".into(),
-        key: Some("newcomer-key-1".into()),
-        key_sha256: None,
-        apps: None,
-        rate_limit: None,
-        endpoints: None,
+    served.edit_config(|raw| {
+        raw.apps[0].token_expire_secs = Some(3_600);
+        raw.clients[0].name = "renamed".into();
+        raw.clients[1].key = Some("a-new-limited-key".into());
+        raw.clients.push(imgate::config::RawClient {
+            name: "newcomer".into(),
+            key: Some("newcomer-key-1".into()),
+            key_sha256: None,
+            apps: None,
+            rate_limit: None,
+            endpoints: None,
+        });
     });
-    served.write_config(&raw);
     served.signal("-HUP");
-    let metrics = format!("http://127.0.0.1:{}/metrics", served.admin);
+    let metrics = format!("http://{}/metrics", served.admin);
     let mut reloaded = false;
     for _ in 0..100 {
         let text = Http::new()

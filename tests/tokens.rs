@@ -3,15 +3,12 @@
 
 mod common;
 
-use std::io::Read;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
-    assert_no_secrets, demo_config, free_port, http, Http, KillOnDrop, Resp, TestEmulator,
-    TestGateway, DEMO_AUTH,
+    assert_no_secrets, demo_config, http, Http, Resp, Served, TestEmulator, TestGateway, DEMO_AUTH,
 };
 use http::Method;
 use imgate::demo;
@@ -473,46 +470,13 @@ async fn sighup_rotates_credentials_without_failing_a_request_and_nothing_leaks(
     const NEW_CERT: &str = "0123456789abcdef0123456789abcdef";
     const NEW_SECRET: &str = "rotated-easemob-secret-canary";
     let emu = TestEmulator::demo().await;
-    let (api, admin) = (free_port(), free_port());
     let mut raw = demo_config(&emu.base());
-    raw.server.listen = format!("127.0.0.1:{api}");
-    raw.server.admin_listen = format!("127.0.0.1:{admin}");
-    let config = std::env::temp_dir().join(format!("imgate-sighup-{}.toml", std::process::id()));
-    let write_config = |raw: &imgate::config::RawConfig| {
-        std::fs::write(&config, toml::to_string(raw).unwrap()).unwrap();
-    };
-    write_config(&raw);
-    let log = std::env::temp_dir().join(format!("imgate-sighup-{}.log", std::process::id()));
-    let log_file = std::fs::File::create(&log).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_imgate"))
-        .args(["serve", "--config", config.to_str().unwrap()])
-        .env("RUST_LOG", "debug")
-        .stdout(log_file.try_clone().unwrap())
-        .stderr(log_file)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let process = KillOnDrop(child);
-    let base = format!("http://127.0.0.1:{api}");
-    let metrics_url = format!("http://127.0.0.1:{admin}/metrics");
+    // Debug lines too are searched for secrets below.
+    raw.log.level = "debug".into();
+    let mut served = Served::start("sighup", raw, &[]).await;
+    let base = served.base();
+    let metrics_url = format!("http://{}/metrics", served.admin);
     let client = Http::new();
-    let mut ready = false;
-    for _ in 0..100 {
-        let up = client
-            .try_send(
-                Method::GET,
-                &format!("http://127.0.0.1:{admin}/readyz"),
-                &[],
-                None,
-            )
-            .await;
-        if up.is_ok_and(|r| r.status == 200) {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(ready, "imgate serve became ready");
 
     let urls = vec![
         format!(
@@ -552,14 +516,11 @@ async fn sighup_rotates_credentials_without_failing_a_request_and_nothing_leaks(
     let fetches_before = emu.requests("token").await;
 
     // imgate's side: the new credentials in the file, then SIGHUP.
-    raw.apps[0].app_certificate = Some(NEW_CERT.into());
-    raw.apps[1].client_secret = Some(NEW_SECRET.into());
-    write_config(&raw);
-    let hup = Command::new("kill")
-        .args(["-HUP", &process.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(hup.success());
+    served.edit_config(|raw| {
+        raw.apps[0].app_certificate = Some(NEW_CERT.into());
+        raw.apps[1].client_secret = Some(NEW_SECRET.into());
+    });
+    served.signal("-HUP");
     let mut reloaded = false;
     for _ in 0..100 {
         let metrics = client
@@ -610,13 +571,8 @@ async fn sighup_rotates_credentials_without_failing_a_request_and_nothing_leaks(
                 .text(),
         );
     }
-    drop(process);
-    let mut logs = String::new();
-    std::fs::File::open(&log)
-        .map(|mut f| f.read_to_string(&mut logs))
-        .ok();
-    let _ = std::fs::remove_file(&config);
-    let _ = std::fs::remove_file(&log);
+    served.kill();
+    let logs = served.logs();
     assert!(
         logs.contains("configuration reloaded"),
         "logs were captured:\n{logs}"

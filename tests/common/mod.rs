@@ -2,8 +2,11 @@
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode, Version};
@@ -15,6 +18,7 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
+use imgate::config::RawConfig;
 use imgate::demo;
 use imgate::emulator::{Emulator, EmulatorConfig};
 use imgate::token::agora::TokenSpec;
@@ -155,10 +159,160 @@ fn ephemeral_port() -> u16 {
 /// A child process killed when dropped, so a failing test leaves no server behind.
 pub struct KillOnDrop(pub std::process::Child);
 
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
+impl KillOnDrop {
+    /// Kills the child and reaps it: what it wrote is complete once this returns.
+    pub fn kill(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// How long `imgate serve` may take to become ready: generous enough for a loaded two-core
+/// machine starting several at once, as no test measures it.
+const READY_WITHIN: Duration = Duration::from_secs(20);
+
+/// `imgate serve` in a child process on free loopback ports, for what only the binary does
+/// (signals, reloads, logging, several replicas); its configuration and log (stdout and
+/// stderr) in a folder of its own. Killed, and the folder removed, when dropped.
+pub struct Served {
+    /// The API listener.
+    pub api: SocketAddr,
+    /// The admin listener.
+    pub admin: SocketAddr,
+    name: String,
+    dir: PathBuf,
+    /// As last written to the configuration file, its listeners on `api` and `admin`.
+    raw: RawConfig,
+    process: KillOnDrop,
+}
+
+impl Served {
+    /// Starts `imgate ARGS serve --config FILE` with `raw` on free loopback ports and returns at
+    /// once, so that several can start together; `name` appears in its folder's name and in
+    /// failure messages.
+    pub fn spawn(name: &str, mut raw: RawConfig, args: &[&str]) -> Served {
+        static STARTED: AtomicU32 = AtomicU32::new(0);
+        let (api, admin): (SocketAddr, SocketAddr) = (
+            ([127, 0, 0, 1], free_port()).into(),
+            ([127, 0, 0, 1], free_port()).into(),
+        );
+        raw.server.listen = api.to_string();
+        raw.server.admin_listen = admin.to_string();
+        let n = STARTED.fetch_add(1, Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("imgate-serve-{}-{n}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("imgate.toml"), toml::to_string(&raw).unwrap()).unwrap();
+        let log = std::fs::File::create(dir.join("imgate.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_imgate"))
+            .args(args)
+            .arg("serve")
+            .arg("--config")
+            .arg(dir.join("imgate.toml"))
+            // The configuration's `[log] level` decides, not the developer's shell: tests read
+            // the logs.
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Served {
+            api,
+            admin,
+            name: name.to_owned(),
+            dir,
+            raw,
+            process: KillOnDrop(child),
+        }
+    }
+
+    /// [`Served::spawn`], then [`Served::wait_ready`].
+    pub async fn start(name: &str, raw: RawConfig, args: &[&str]) -> Served {
+        let mut served = Served::spawn(name, raw, args);
+        served.wait_ready().await;
+        served
+    }
+
+    /// Waits until the admin `/readyz` answers 200 (every app holds a token); panics with the
+    /// log, at once if the process has exited (with its status), else after [`READY_WITHIN`].
+    pub async fn wait_ready(&mut self) {
+        let url = format!("http://{}/readyz", self.admin);
+        let client = Http::new();
+        let deadline = Instant::now() + READY_WITHIN;
+        loop {
+            let resp = client.try_send(Method::GET, &url, &[], None).await;
+            if resp.is_ok_and(|r| r.status == StatusCode::OK) {
+                return;
+            }
+            if let Some(status) = self.exited() {
+                panic!(
+                    "{} exited ({status}) before it was ready:\n{}",
+                    self.name,
+                    self.logs()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} not ready within {READY_WITHIN:?}:\n{}",
+                self.name,
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// `http://127.0.0.1:port` of the API listener.
+    pub fn base(&self) -> String {
+        format!("http://{}", self.api)
+    }
+
+    /// Rewrites the configuration file after `change` (the listeners stay), for a reload.
+    pub fn edit_config(&mut self, change: impl FnOnce(&mut RawConfig)) {
+        change(&mut self.raw);
+        let text = toml::to_string(&self.raw).unwrap();
+        std::fs::write(self.dir.join("imgate.toml"), text).unwrap();
+    }
+
+    /// Sends `signal` (`-TERM`, `-HUP`) with kill(1), as an orchestrator or an operator does.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.process.0.id().to_string();
+        let sent = Command::new("kill").args([signal, &pid]).status();
+        assert!(
+            sent.is_ok_and(|s| s.success()),
+            "kill {signal} {}",
+            self.name
+        );
+    }
+
+    /// Kills it without warning, as a crash looks; its log is complete afterwards.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Its exit status, once it has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.process.0.try_wait().unwrap()
+    }
+
+    /// What it has logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.dir.join("imgate.log"))
+            .unwrap_or_else(|e| format!("(no log: {e})"))
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        // First, so that nothing writes into the folder while it goes.
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
