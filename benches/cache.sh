@@ -10,6 +10,8 @@
 #   CONNS=128 bash benches/cache.sh       # connections per run (default 64), same for every server
 #   ROUNDS=3 bash benches/cache.sh        # every server 3 times, in alternating order; the
 #                                         # ratios use each server's median (a noisy machine)
+#   IMGATE_BIN=target/pgo/imgate bash benches/cache.sh  # that imgate binary (the profile-guided
+#                                         # build of deploy/pgo.sh) instead of the release build
 #
 # Installs wrk, nginx and haproxy from the distribution's packages when missing; runs nginx and
 # HAProxy as foreground processes of this script with their configuration, cache and pid files
@@ -76,8 +78,12 @@ for addr in "$EMU" "$GW" "$ADMIN" "$GW_LOG" "$ADMIN_LOG" "$NGINX" "$HAPROXY" "$C
   fi
 done
 
-cargo build --release --locked -q
-BIN=target/release/imgate
+if [ -n "${IMGATE_BIN:-}" ]; then
+  BIN=$IMGATE_BIN
+else
+  cargo build --release --locked -q
+  BIN=target/release/imgate
+fi
 # The ceiling: the bench target's executable (its path from cargo, not a glob over stale hashes).
 CEILING_BIN=$(cargo build --release --locked -q --bench ceiling --message-format=json |
   sed -n 's/.*"executable":"\([^"]*ceiling[^"]*\)".*/\1/p' | tail -n1)
@@ -336,6 +342,7 @@ summary() {
 
 echo
 echo "cache-hit path, $CONNS connections, wrk -t$THREADS, ${DURATION} s per run, $CORES cores, nothing pinned"
+echo "imgate: $BIN"
 for scenario in hot keys; do
   echo
   if [ "$scenario" = hot ]; then echo "(a) one hot key"; else echo "(b) $KEYS warm keys, one picked at random per request"; fi

@@ -9,6 +9,7 @@
 #   KEEP=/tmp/cg bash benches/callgrind.sh  # also keeps both profiles there, to compare
 #                                         # functions (callgrind_annotate --inclusive=yes)
 #   CEILING=1 bash benches/callgrind.sh  # the same for the ceiling (benches/ceiling.rs)
+#   IMGATE_BIN=target/pgo/imgate bash benches/callgrind.sh  # that binary (deploy/pgo.sh), no build
 #
 # imgate runs under callgrind twice, answering 500 and then 2,500 cached reads of one hot key
 # on one keep-alive connection (curl); the difference divided by 2,000 is the cost of one hit,
@@ -31,8 +32,12 @@ ADMIN=127.0.0.1:29290
 AGORA_ID=a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6
 URL="http://$GW/app-id/$AGORA_ID/users/bench-user/offline_msg_count"
 
-cargo build --release --locked -q
-BIN=target/release/imgate
+if [ -n "${IMGATE_BIN:-}" ]; then
+  BIN=$IMGATE_BIN
+else
+  cargo build --release --locked -q
+  BIN=target/release/imgate
+fi
 if [ -n "${CEILING:-}" ]; then
   # Its path from cargo, as benches/cache.sh finds it.
   CEILING_BIN=$(cargo build --release --locked -q --bench ceiling --message-format=json |
@@ -103,7 +108,9 @@ if [ -n "${CEILING:-}" ]; then
   exit 0
 fi
 echo "instructions per cache hit${LOG:+ (JSON access log on)}:"
-echo "  connection task    $(per_hit 'imgate::server::Conn::run::\{\{closure\}\} \[')"
+# The task `server::serve` spawns per connection: `Conn::run` and the permit it holds (a
+# profile-guided build inlines `Conn::run` into it).
+echo "  connection task    $(per_hit 'imgate::server::serve::\{\{closure\}\}::\{\{closure\}\}::\{\{closure\}\} \[')"
 if [ -n "${LOG:-}" ]; then
   # The writer thread's whole loop.
   echo "  log writer thread  $(per_hit 'imgate::logging::Queue::write_until_stopped \[')"
