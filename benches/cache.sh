@@ -92,23 +92,12 @@ CEILING_BIN=$(cargo build --release --locked -q --bench ceiling --message-format
 # shellcheck source=benches/common.sh
 . benches/common.sh
 
-RUST_LOG=warn "$BIN" emulator --config benches/emulator.toml --listen "$EMU" & pids+=($!)
-wait_ok "http://$EMU/__emulator/stats"
+start_emulator "$BIN" "$EMU"
 TOKEN=$("$BIN" token agora --app-id "$AGORA_ID" --app-certificate "$AGORA_CERT" --expire 3600)
 
-# --- imgate: the demo configuration, pointed at the quota-free emulator.
-# The demo client has no quota; operators give every client one, so the benchmark client gets
-# a quota far above the offered load: every hit takes a permit, none is refused.
-sed -e "s|http://127.0.0.1:8081|http://$EMU|" -e "s|127.0.0.1:8080|$GW|" -e "s|127.0.0.1:9090|$ADMIN|" \
-  -e 's|^key = "demo-key"$|&\nrate_limit = { per_second = 10000000, burst = 10000000 }|' \
-  config/demo.toml > "$work/gateway.toml"
-grep -q 'per_second = 10000000' "$work/gateway.toml" || { echo "cache.sh: no quota for the bench client" >&2; exit 1; }
-cat >> "$work/gateway.toml" <<'EOF'
-
-# The TTL outlives every run, so that the hit runs see no expiry (as nginx's and HAProxy's).
-[cache.offline_count]
-ttl_ms = 600000
-EOF
+# --- imgate: the demo configuration, pointed at the quota-free emulator, the client with a
+# quota, and a TTL that outlives every run (nginx's and HAProxy's entries do not expire either).
+hit_config "$EMU" "$GW" "$ADMIN" > "$work/gateway.toml"
 RUST_LOG=warn "$BIN" serve --config "$work/gateway.toml" & pids+=($!)
 wait_ok "http://$ADMIN/healthz"
 

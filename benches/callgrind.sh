@@ -47,13 +47,9 @@ fi
 # shellcheck source=benches/common.sh
 . benches/common.sh
 
-RUST_LOG=warn "$BIN" emulator --config benches/emulator.toml --listen "$EMU" & pids+=($!)
-wait_ok "http://$EMU/__emulator/stats"
-# The configuration of benches/cache.sh: the demo, a quota for the bench client, long TTL.
-sed -e "s|http://127.0.0.1:8081|http://$EMU|" -e "s|127.0.0.1:8080|$GW|" -e "s|127.0.0.1:9090|$ADMIN|" \
-  -e 's|^key = "demo-key"$|&\nrate_limit = { per_second = 10000000, burst = 10000000 }|' \
-  config/demo.toml > "$work/gateway.toml"
-printf '\n[cache.offline_count]\nttl_ms = 600000\n' >> "$work/gateway.toml"
+start_emulator "$BIN" "$EMU"
+# The configuration of benches/cache.sh.
+hit_config "$EMU" "$GW" "$ADMIN" > "$work/gateway.toml"
 
 # run N: the server under callgrind answering N hits; the profile goes to $work/callgrind.N.
 run() {

@@ -38,8 +38,7 @@ BIN=target/release/imgate
 # shellcheck source=benches/common.sh
 . benches/common.sh
 
-RUST_LOG=warn "$BIN" emulator --config benches/emulator.toml --listen "$EMU" & pids+=($!)
-wait_ok "http://$EMU/__emulator/stats"
+start_emulator "$BIN" "$EMU"
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" \
   >/dev/null & pids+=($!)
 for _ in $(seq 100); do

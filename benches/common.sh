@@ -21,3 +21,25 @@ wait_ok() {
   echo "$(basename "$0"): $url did not answer 200 within 10 s" >&2
   exit 1
 }
+
+# start_emulator BIN ADDR: imgate's vendor emulator with every quota off (benches/emulator.toml),
+# so that runs measure imgate rather than the vendor's per-app limits; returns once it answers.
+start_emulator() {
+  RUST_LOG=warn "$1" emulator --config benches/emulator.toml --listen "$2" & pids+=($!)
+  wait_ok "http://$2/__emulator/stats"
+}
+
+# hit_config EMU GW ADMIN: the demo configuration (config/demo.toml) in front of EMU, listening
+# on GW and ADMIN, as the cache-hit benchmarks run it. The demo client has no quota; operators
+# give every client one, so it gets a quota far above any offered load (every hit takes a
+# permit, none is refused); the cache TTL outlives every run, so that hit runs see no expiry.
+hit_config() {
+  local config
+  config=$(sed -e "s|http://127.0.0.1:8081|http://$1|" -e "s|127.0.0.1:8080|$2|" -e "s|127.0.0.1:9090|$3|" \
+    -e 's|^key = "demo-key"$|&\nrate_limit = { per_second = 10000000, burst = 10000000 }|' config/demo.toml)
+  grep -q 'per_second = 10000000' <<<"$config" || {
+    echo "$(basename "$0"): no quota for the demo client in config/demo.toml" >&2
+    exit 1
+  }
+  printf '%s\n\n[cache.offline_count]\nttl_ms = 600000\n' "$config"
+}

@@ -68,13 +68,9 @@ BIN=$OUT/instrumented/$HOST/release/imgate
 echo "2/3 training…" >&2
 # shellcheck source=benches/common.sh
 . benches/common.sh
-RUST_LOG=warn "$BIN" emulator --config benches/emulator.toml --listen "$EMU" & pids+=($!)
-wait_ok "http://$EMU/__emulator/stats"
-# The benchmark's configuration (benches/cache.sh): the demo, a quota for the client, long TTL.
-sed -e "s|http://127.0.0.1:8081|http://$EMU|" -e "s|127.0.0.1:8080|$GW|" -e "s|127.0.0.1:9090|$ADMIN|" \
-  -e 's|^key = "demo-key"$|&\nrate_limit = { per_second = 10000000, burst = 10000000 }|' \
-  config/demo.toml > "$work/gateway.toml"
-printf '\n[cache.offline_count]\nttl_ms = 600000\n' >> "$work/gateway.toml"
+start_emulator "$BIN" "$EMU"
+# The configuration of benches/cache.sh: the demo, a quota for the client, a long TTL.
+hit_config "$EMU" "$GW" "$ADMIN" > "$work/gateway.toml"
 sed -e "s|$GW|$GW_LOG|" -e "s|$ADMIN|$ADMIN_LOG|" "$work/gateway.toml" > "$work/gateway-log.toml"
 RUST_LOG=warn "$BIN" serve --config "$work/gateway.toml" & pids+=($!)
 RUST_LOG=info "$BIN" --log-format json serve --config "$work/gateway-log.toml" > /dev/null & pids+=($!)
