@@ -95,6 +95,8 @@ EOF
 load() { wrk -t2 -c64 -d"${TRAIN_SECONDS}s" -H 'Authorization: Bearer demo-key' "$@" > /dev/null; }
 for gw in "$GW" "$GW_LOG"; do
   for prefix in "$AGORA_PREFIX" "$EASEMOB_PREFIX"; do
+    # A profile of error answers would make the errors the fast path: the read must succeed.
+    wait_ok "http://$gw$prefix/hot/offline_msg_count" -H 'Authorization: Bearer demo-key'
     load "http://$gw$prefix/hot/offline_msg_count"
     keys_lua "$prefix" > "$work/keys.lua"
     # The first pass fills the cache within the vendor quota, the second one hits.
