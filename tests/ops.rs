@@ -1,6 +1,6 @@
 //! Operations: the metrics catalogue on a live scrape (and `promtool check metrics`), trace
-//! context toward the vendor, JSON access logs, a draining shutdown of `imgate serve`, and the
-//! reload log line.
+//! context toward the vendor, JSON access logs (and a stdout nobody reads), a draining shutdown
+//! of `imgate serve`, and the reload log line.
 
 mod common;
 
@@ -437,4 +437,128 @@ async fn the_reload_line_lists_changed_apps_and_clients_as_json_arrays() {
     );
     assert_eq!(line["clients_removed"], json!(["demo"]), "{line}");
     assert_no_secrets(&logs, &["a-new-limited-key", "newcomer-key-1"]);
+}
+
+/// Requests sent while nothing reads imgate's stdout: their JSON access lines (about 380 bytes
+/// each with a 128-character request id, 11 MB in all) fill the pipe, what the stalled writer
+/// holds and the connection thread's 4 MiB buffer more than once over.
+const STALLED_REQUESTS: usize = 30_000;
+
+/// Reads `imgate_log_lines_dropped_total` off the admin listener.
+async fn dropped_log_lines(served: &Served) -> u64 {
+    let scrape = http(
+        Method::GET,
+        &format!("http://{}/metrics", served.admin),
+        &[],
+        None,
+    )
+    .await
+    .text();
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix("imgate_log_lines_dropped_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no dropped-lines counter in {scrape}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_stdout_drops_access_lines_counted_and_holds_no_request() {
+    let emu = TestEmulator::demo().await;
+    let mut raw = demo_config(&emu.base());
+    // One connection thread writes every access line into one buffer of the log queue, so the
+    // number of requests that overflows it does not depend on the machine's cores.
+    raw.server.conn_threads = Some(1);
+    let (reader, writer) = std::io::pipe().unwrap();
+    let mut served = Served::spawn_to(
+        "stalled",
+        raw,
+        &["--log-format", "json"],
+        Some(writer.into()),
+    );
+    served.wait_ready().await;
+    let url = format!(
+        "{}/users/stall/offline_msg_count",
+        agora_prefix(&served.base())
+    );
+
+    // Eight callers at once; had a request waited for the log, the first full buffer would
+    // have held it for good and its deadline would fail the test.
+    let callers = 8;
+    let tasks: Vec<_> = (0..callers)
+        .map(|caller| {
+            let (client, url) = (Http::new(), url.clone());
+            tokio::spawn(async move {
+                for i in 0..STALLED_REQUESTS / callers {
+                    let id = format!("stall-{caller}-{i:06}-{}", "x".repeat(110));
+                    let headers = [DEMO_AUTH, ("x-request-id", &id)];
+                    let sent = client.send(Method::GET, &url, &headers, None);
+                    let resp = tokio::time::timeout(Duration::from_secs(10), sent)
+                        .await
+                        .unwrap_or_else(|_| {
+                            panic!("request {i} of caller {caller} held over 10 s")
+                        });
+                    assert_eq!(resp.status, 200, "{}", resp.text());
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let dropped = dropped_log_lines(&served).await;
+    assert!(
+        dropped > 0 && dropped < STALLED_REQUESTS as u64,
+        "{dropped} of {STALLED_REQUESTS} access lines dropped"
+    );
+
+    // The sink drains: every line not counted as dropped arrives, whole, and so do new ones.
+    let (lines, mut arriving) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(reader).lines() {
+            let Ok(line) = line else { break };
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let access_line = |line: &str| -> Option<String> {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        (v["target"] == "imgate::access").then(|| v["request_id"].as_str().unwrap().to_owned())
+    };
+    let expected = STALLED_REQUESTS - dropped as usize;
+    let mut seen = 0;
+    while seen < expected {
+        let line = tokio::time::timeout(Duration::from_secs(20), arriving.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{seen} of {expected} access lines arrived"))
+            .expect("stdout open");
+        if access_line(&line).is_some_and(|id| id.starts_with("stall-")) {
+            seen += 1;
+        }
+    }
+    let resp = http(
+        Method::GET,
+        &url,
+        &[DEMO_AUTH, ("x-request-id", "after-the-stall")],
+        None,
+    )
+    .await;
+    assert_eq!(resp.status, 200);
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(10), arriving.recv())
+            .await
+            .expect("the line of a request after the stall")
+            .expect("stdout open");
+        match access_line(&line) {
+            Some(id) if id == "after-the-stall" => break,
+            Some(id) => assert!(!id.starts_with("stall-"), "more lines than counted: {line}"),
+            None => {}
+        }
+    }
+    assert_eq!(
+        dropped_log_lines(&served).await,
+        dropped,
+        "nothing dropped once the sink reads"
+    );
 }

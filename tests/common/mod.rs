@@ -196,7 +196,18 @@ impl Served {
     /// Starts `imgate ARGS serve --config FILE` with `raw` on free loopback ports and returns at
     /// once, so that several can start together; `name` appears in its folder's name and in
     /// failure messages.
-    pub fn spawn(name: &str, mut raw: RawConfig, args: &[&str]) -> Served {
+    pub fn spawn(name: &str, raw: RawConfig, args: &[&str]) -> Served {
+        Served::spawn_to(name, raw, args, None)
+    }
+
+    /// [`Served::spawn`] with its stdout (where imgate writes its logs) going to `stdout`
+    /// instead of the log file, e.g. a pipe the test holds; stderr still goes to the file.
+    pub fn spawn_to(
+        name: &str,
+        mut raw: RawConfig,
+        args: &[&str],
+        stdout: Option<Stdio>,
+    ) -> Served {
         static STARTED: AtomicU32 = AtomicU32::new(0);
         let (api, admin): (SocketAddr, SocketAddr) = (
             ([127, 0, 0, 1], free_port()).into(),
@@ -219,7 +230,7 @@ impl Served {
             // the logs.
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
+            .stdout(stdout.unwrap_or_else(|| log.try_clone().unwrap().into()))
             .stderr(log)
             .spawn()
             .unwrap();
