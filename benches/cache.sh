@@ -9,7 +9,8 @@
 #   DURATION=5 bash benches/cache.sh      # shorter (all rounds together well under the caches' 600 s)
 #   CONNS=128 bash benches/cache.sh       # connections per run (default 64), same for every server
 #   ROUNDS=3 bash benches/cache.sh        # every server 3 times, in alternating order; the
-#                                         # ratios use each server's median (a noisy machine)
+#                                         # ratios use each server's median (a noisy machine),
+#                                         # and each round's own ratios follow them
 #   IMGATE_BIN=target/pgo/imgate bash benches/cache.sh  # that imgate binary (the profile-guided
 #                                         # build of deploy/pgo.sh) instead of the release build
 #
@@ -301,6 +302,20 @@ run() {
 # ratio A B → A/B with two decimals.
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 
+# per_round "A1 A2…" "B1 B2…" ge|le TARGET → each round's Ai/Bi and in how many rounds it is
+# >= (ge) or <= (le) TARGET. The servers of one round ran minutes apart at most, so a round's
+# ratio is less exposed to the machine's drift than a ratio of medians taken over all rounds.
+per_round() {
+  awk -v a="$1" -v b="$2" -v cmp="$3" -v target="$4" 'BEGIN {
+    n = split(a, x, " "); split(b, y, " "); met = 0
+    for (i = 1; i <= n; i++) {
+      r = y[i] > 0 ? x[i] / y[i] : 0
+      printf "%.2f ", r
+      if ((cmp == "ge" && r >= target) || (cmp == "le" && r <= target)) met++
+    }
+    printf "(met in %d of %d)", met, n }'
+}
+
 summary() {
   local s=$1 name calls note=()
   printf 'req/s  imgate/nginx %sx (target >= 1.5)   imgate/haproxy %sx (target >= 1.0)   imgate/ceiling %sx (target >= 0.85)\n' \
@@ -309,6 +324,13 @@ summary() {
   printf 'p99    imgate/nginx %sx   imgate/haproxy %sx (target <= 1.0)\n' \
     "$(ratio "${P99[$s.imgate]}" "${P99[$s.nginx]}")" "$(ratio "${P99[$s.imgate]}" "${P99[$s.haproxy]}")"
   printf 'logs   imgate+log/imgate %sx (target >= 0.90)\n' "$(ratio "${RPS[$s.imgate+log]}" "${RPS[$s.imgate]}")"
+  if ((ROUNDS > 1)); then
+    echo "round by round:"
+    printf '  %-24s %s\n' "req/s imgate/haproxy" "$(per_round "${RPS_ALL[$s.imgate]}" "${RPS_ALL[$s.haproxy]}" ge 1.0)"
+    printf '  %-24s %s\n' "req/s imgate/ceiling" "$(per_round "${RPS_ALL[$s.imgate]}" "${RPS_ALL[$s.ceiling]}" ge 0.85)"
+    printf '  %-24s %s\n' "p99 imgate/haproxy" "$(per_round "${P99_ALL[$s.imgate]}" "${P99_ALL[$s.haproxy]}" le 1.0)"
+    printf '  %-24s %s\n' "logs imgate+log/imgate" "$(per_round "${RPS_ALL[$s.imgate+log]}" "${RPS_ALL[$s.imgate]}" ge 0.9)"
+  fi
   # A hit run sends the vendor at most a handful of calls (expiry, a coalescing race); far more
   # than the number of keys means the server forwarded the reads.
   for name in imgate imgate+log nginx haproxy; do
