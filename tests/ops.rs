@@ -345,18 +345,10 @@ async fn text_logs_to_a_file_carry_no_colour_codes_and_drops_are_a_metric() {
     let mut served =
         Served::start("text", demo_config(&emu.base()), &["--log-format", "text"]).await;
     let client = Http::new();
-    let scrape = client
-        .send(
-            Method::GET,
-            &format!("http://{}/metrics", served.admin),
-            &[],
-            None,
-        )
-        .await
-        .text();
-    assert!(
-        scrape.contains("imgate_log_lines_dropped_total 0"),
-        "the dropped-lines counter is exported: {scrape}"
+    assert_eq!(
+        dropped_log_lines(&served).await,
+        0,
+        "the dropped-lines counter is exported"
     );
     let base = agora_prefix(&served.base());
     let resp = client
