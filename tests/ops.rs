@@ -432,7 +432,7 @@ async fn the_reload_line_lists_changed_apps_and_clients_as_json_arrays() {
 }
 
 /// Requests sent while nothing reads imgate's stdout: their JSON access lines (about 380 bytes
-/// each with a 128-character request id, 11 MB in all) fill the pipe, what the stalled writer
+/// each with a 125-character request id, 11 MB in all) fill the pipe, what the stalled writer
 /// holds and the connection thread's 4 MiB buffer more than once over.
 const STALLED_REQUESTS: usize = 30_000;
 
