@@ -23,10 +23,9 @@ fi
 cargo build --release --locked -q
 BIN=target/release/imgate
 
-work=$(mktemp -d)
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+# shellcheck source=benches/common.sh
+. benches/common.sh
+start_emulator "$BIN" "$EMU"
 
 # The gateway: the demo configuration, pointed at the quota-free emulator.
 sed -e "s|http://127.0.0.1:8081|http://$EMU|" -e "s|127.0.0.1:8080|$GW|" -e "s|127.0.0.1:9090|$ADMIN|" \
@@ -36,12 +35,8 @@ sed -e "s|http://127.0.0.1:8081|http://$EMU|" -e "s|127.0.0.1:8080|$GW|" -e "s|1
 # the calls to the vendor's 100/s).
 sed -i '/^app_certificate = /a vendor_quotas = { offline_msg_count = 10000000 }' "$work/gateway.toml"
 printf '\n[cache.offline_count]\nttl_ms = 0\n' >> "$work/gateway.toml"
-RUST_LOG=warn "$BIN" emulator --config benches/emulator.toml --listen "$EMU" & pids+=($!)
 RUST_LOG=warn "$BIN" serve --config "$work/gateway.toml" & pids+=($!)
-for _ in $(seq 50); do
-  curl -sf "http://$ADMIN/healthz" >/dev/null 2>&1 && curl -s "http://$EMU/__emulator/stats" >/dev/null 2>&1 && break
-  sleep 0.1
-done
+wait_ok "http://$ADMIN/readyz"
 
 TOKEN=$("$BIN" token agora --app-id "$AGORA_ID" --app-certificate "$AGORA_CERT" --expire 3600)
 PATH_COUNT="/app-id/$AGORA_ID/users/bench-user/offline_msg_count"
