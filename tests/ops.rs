@@ -463,13 +463,14 @@ async fn a_stalled_stdout_drops_access_lines_counted_and_holds_no_request() {
     // Access lines only (and warnings): a dropped line is then an access line, and the lines
     // that arrive plus those counted as dropped add up to the requests exactly.
     raw.log.level = "warn,imgate::access=info".into();
-    let (reader, writer) = std::io::pipe().unwrap();
     let mut served = Served::spawn_to(
         "stalled",
         raw,
         &["--log-format", "json"],
-        Some(writer.into()),
+        Some(Stdio::piped()),
     );
+    // Held, and not read until the burst is over.
+    let reader = served.take_stdout().unwrap();
     served.wait_ready().await;
     let url = format!(
         "{}/users/stall/offline_msg_count",

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -201,7 +201,8 @@ impl Served {
     }
 
     /// [`Served::spawn`] with its stdout (where imgate writes its logs) going to `stdout`
-    /// instead of the log file, e.g. a pipe the test holds; stderr still goes to the file.
+    /// instead of the log file, e.g. `Stdio::piped()` ([`Served::take_stdout`]); stderr still
+    /// goes to the file.
     pub fn spawn_to(
         name: &str,
         mut raw: RawConfig,
@@ -310,6 +311,11 @@ impl Served {
     /// Its exit status, once it has exited.
     pub fn exited(&mut self) -> Option<ExitStatus> {
         self.process.0.try_wait().unwrap()
+    }
+
+    /// The read end of its stdout, when it was spawned with `Stdio::piped()` (once).
+    pub fn take_stdout(&mut self) -> Option<ChildStdout> {
+        self.process.0.stdout.take()
     }
 
     /// What it has logged so far.
