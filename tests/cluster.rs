@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +13,10 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 
 use common::redis::TestRedis;
-use common::{agora_prefix, demo_config, Http, Resp, Served, TestEmulator, TestGateway, DEMO_AUTH};
+use common::{
+    agora_prefix, demo_config, metric, sample, Http, Resp, Served, TestEmulator, TestGateway,
+    DEMO_AUTH,
+};
 use imgate::cluster::{Cluster, RawCluster};
 use imgate::config::RawConfig;
 
@@ -58,27 +60,6 @@ async fn joined_cluster(redis: &TestRedis, prefix: &str) -> Arc<Cluster> {
         redis.command(&count)
     );
     cluster
-}
-
-/// The value of the first sample of `name` in a Prometheus text exposition.
-fn sample(metrics: &str, name: &str) -> Option<f64> {
-    metrics.lines().find_map(|line| {
-        let rest = line.strip_prefix(name)?;
-        let value = rest.strip_prefix(' ').or_else(|| {
-            let (_, after) = rest.strip_prefix('{')?.split_once("} ")?;
-            Some(after)
-        })?;
-        value.trim().parse().ok()
-    })
-}
-
-/// The first sample of `name` on the admin listener at `admin`.
-async fn metric(admin: SocketAddr, name: &str) -> Option<f64> {
-    let metrics = Http::new()
-        .try_send(Method::GET, &format!("http://{admin}/metrics"), &[], None)
-        .await
-        .ok()?;
-    sample(&metrics.text(), name)
 }
 
 /// Polls `check` every 50 ms until it holds or `within` passes.

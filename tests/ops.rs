@@ -9,8 +9,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    agora_prefix, assert_no_secrets, demo_config, http, Http, Served, TestEmulator, TestGateway,
-    DEMO_AUTH,
+    agora_prefix, assert_no_secrets, demo_config, http, metric, Http, Served, TestEmulator,
+    TestGateway, DEMO_AUTH,
 };
 use http::Method;
 use imgate::emulator::EmulatorConfig;
@@ -438,19 +438,8 @@ const STALLED_REQUESTS: usize = 30_000;
 
 /// Reads `imgate_log_lines_dropped_total` off the admin listener.
 async fn dropped_log_lines(served: &Served) -> u64 {
-    let scrape = http(
-        Method::GET,
-        &format!("http://{}/metrics", served.admin),
-        &[],
-        None,
-    )
-    .await
-    .text();
-    scrape
-        .lines()
-        .find_map(|l| l.strip_prefix("imgate_log_lines_dropped_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no dropped-lines counter in {scrape}"))
+    let dropped = metric(served.admin, "imgate_log_lines_dropped_total").await;
+    dropped.expect("no dropped-lines counter on /metrics") as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -333,6 +333,27 @@ impl Drop for Served {
     }
 }
 
+/// The value of the first sample of `name` in a Prometheus text exposition.
+pub fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?;
+        let value = rest.strip_prefix(' ').or_else(|| {
+            let (_, after) = rest.strip_prefix('{')?.split_once("} ")?;
+            Some(after)
+        })?;
+        value.trim().parse().ok()
+    })
+}
+
+/// The first sample of `name` on the admin listener at `admin`.
+pub async fn metric(admin: SocketAddr, name: &str) -> Option<f64> {
+    let metrics = Http::new()
+        .try_send(Method::GET, &format!("http://{admin}/metrics"), &[], None)
+        .await
+        .ok()?;
+    sample(&metrics.text(), name)
+}
+
 /// A valid Agora app token for the demo app, issued now for `expire` seconds.
 pub fn agora_token(expire: u32) -> String {
     let now = std::time::SystemTime::now()
