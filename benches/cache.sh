@@ -79,19 +79,11 @@ for addr in "$EMU" "$GW" "$ADMIN" "$GW_LOG" "$ADMIN_LOG" "$NGINX" "$HAPROXY" "$C
   fi
 done
 
-if [ -n "${IMGATE_BIN:-}" ]; then
-  BIN=$IMGATE_BIN
-else
-  cargo build --release --locked -q
-  BIN=target/release/imgate
-fi
-# The ceiling: the bench target's executable (its path from cargo, not a glob over stale hashes).
-CEILING_BIN=$(cargo build --release --locked -q --bench ceiling --message-format=json |
-  sed -n 's/.*"executable":"\([^"]*ceiling[^"]*\)".*/\1/p' | tail -n1)
-[ -x "$CEILING_BIN" ] || { echo "cache.sh: no ceiling executable built" >&2; exit 1; }
-
 # shellcheck source=benches/common.sh
 . benches/common.sh
+
+BIN=$(imgate_bin)
+CEILING_BIN=$(ceiling_bin)
 
 start_emulator "$BIN" "$EMU"
 TOKEN=$("$BIN" token agora --app-id "$AGORA_ID" --app-certificate "$AGORA_CERT" --expire 3600)

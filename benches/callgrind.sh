@@ -32,20 +32,13 @@ ADMIN=127.0.0.1:29290
 AGORA_ID=a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6
 URL="http://$GW/app-id/$AGORA_ID/users/bench-user/offline_msg_count"
 
-if [ -n "${IMGATE_BIN:-}" ]; then
-  BIN=$IMGATE_BIN
-else
-  cargo build --release --locked -q
-  BIN=target/release/imgate
-fi
-if [ -n "${CEILING:-}" ]; then
-  # Its path from cargo, as benches/cache.sh finds it.
-  CEILING_BIN=$(cargo build --release --locked -q --bench ceiling --message-format=json |
-    sed -n 's/.*"executable":"\([^"]*ceiling[^"]*\)".*/\1/p' | tail -n1)
-  [ -x "$CEILING_BIN" ] || { echo "callgrind.sh: no ceiling executable built" >&2; exit 1; }
-fi
 # shellcheck source=benches/common.sh
 . benches/common.sh
+
+BIN=$(imgate_bin)
+if [ -n "${CEILING:-}" ]; then
+  CEILING_BIN=$(ceiling_bin)
+fi
 
 start_emulator "$BIN" "$EMU"
 # The configuration of benches/cache.sh.

@@ -1,5 +1,6 @@
 # Shared by the benchmark scripts (sourced, not run): a temporary work directory, the processes
-# started into `pids` (stopped, and the directory removed, when the script exits), and wait_ok.
+# started into `pids` (stopped, and the directory removed, when the script exits), the
+# binaries to measure (imgate_bin, ceiling_bin) and wait_ok.
 
 work=$(mktemp -d)
 pids=()
@@ -9,6 +10,26 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+
+# ceiling_bin: the bare hyper server of benches/ceiling.rs, built now; its path from cargo, not
+# a glob over stale hashes.
+ceiling_bin() {
+  local bin
+  bin=$(cargo build --release --locked -q --bench ceiling --message-format=json |
+    sed -n 's/.*"executable":"\([^"]*ceiling[^"]*\)".*/\1/p' | tail -n1)
+  [ -x "$bin" ] || { echo "$(basename "$0"): no ceiling executable built" >&2; return 1; }
+  echo "$bin"
+}
+
+# imgate_bin: the imgate binary to measure, printed: $IMGATE_BIN as given (say deploy/pgo.sh's
+# target/pgo/imgate, or a debug build), else the release build, built now.
+imgate_bin() {
+  if [ -n "${IMGATE_BIN:-}" ]; then
+    echo "$IMGATE_BIN"
+  else
+    cargo build --release --locked -q >&2 && echo target/release/imgate
+  fi
+}
 
 # wait_ok URL [CURL ARGS…]: until URL answers 200, at most 10 s.
 wait_ok() {

@@ -27,16 +27,11 @@ if ! command -v wrk >/dev/null 2>&1; then
   echo "installing wrk…" >&2
   apt-get update -qq >/dev/null && apt-get install -y -qq wrk >/dev/null
 fi
-if [ -z "${IMGATE_BIN:-}" ]; then
-  cargo build --release --locked -q
-  IMGATE_BIN=target/release/imgate
-fi
+# shellcheck source=benches/common.sh
+. benches/common.sh
+BIN=$(imgate_bin)
 
 mkdir -p "$OUT"
-work=$(mktemp -d)
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
 
 sed -e "s|http://127.0.0.1:8081|http://$EMU|" -e "s|127.0.0.1:8080|$GW|" -e "s|127.0.0.1:9090|$ADMIN|" \
   config/demo.toml > "$work/gateway.toml"
@@ -49,13 +44,12 @@ cat >> "$work/gateway.toml" <<'EOF'
 [cache.offline_status]
 delivered_ttl_ms = 60000
 EOF
-RUST_LOG=error "$IMGATE_BIN" emulator --listen "$EMU" 2>"$OUT/emulator.log" & pids+=($!)
-RUST_LOG=error "$IMGATE_BIN" serve --config "$work/gateway.toml" 2>"$OUT/gateway.log" & gw=$!
+# The emulator with its quotas on, as the vendor has them (unlike the hit benchmarks').
+RUST_LOG=error "$BIN" emulator --listen "$EMU" 2>"$OUT/emulator.log" & pids+=($!)
+RUST_LOG=error "$BIN" serve --config "$work/gateway.toml" 2>"$OUT/gateway.log" & gw=$!
 pids+=("$gw")
-for _ in $(seq 100); do
-  curl -sf "http://$ADMIN/readyz" >/dev/null 2>&1 && curl -sf "http://$EMU/__emulator/faults" >/dev/null 2>&1 && break
-  sleep 0.1
-done
+wait_ok "http://$EMU/__emulator/faults"
+wait_ok "http://$ADMIN/readyz"
 
 # The fault phases, in turn; "revoke" revokes every token the emulator issued (imgate renews).
 phases=(calm errors calm resets calm latency calm mixed revoke)
