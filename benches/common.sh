@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the benchmark scripts (sourced, not run): a temporary work directory, the processes
 # started into `pids` (stopped, and the directory removed, when the script exits), the
 # binaries to measure (imgate_bin, ceiling_bin) and wait_ok.
