@@ -291,13 +291,17 @@ run() {
     "${CALLS[$scenario.$name]}" "${OTHER[$scenario.$name]}"
 }
 
-# judged A B ge|le TARGET → A/B with two decimals and whether it is >= (ge) or <= (le) TARGET,
-# judged before rounding: 0.997 prints as 1.00 but misses a target of 1.0.
+# An awk function for judged and per_round: whether ratio r meets TARGET, >= (ge) or <= (le).
+MEETS='function meets(r, cmp, target) { return (cmp == "ge" && r >= target) || (cmp == "le" && r <= target) }'
+
+# judged A B ge|le TARGET → A/B with two decimals and whether it meets TARGET, judged before
+# rounding: 0.997 prints as 1.00 but misses a target of 1.0.
 judged() {
-  awk -v a="$1" -v b="$2" -v cmp="$3" -v target="$4" 'BEGIN {
+  awk -v a="$1" -v b="$2" -v cmp="$3" -v target="$4" "$MEETS"'
+  BEGIN {
     if (b <= 0) { print "n/a"; exit }
     r = a / b
-    met = (cmp == "ge" && r >= target) || (cmp == "le" && r <= target)
+    met = meets(r, cmp, target)
     printf "%.2fx (target %s %s: %s)", r, cmp == "ge" ? ">=" : "<=", target, met ? "met" : "missed" }'
 }
 
@@ -305,12 +309,13 @@ judged() {
 # >= (ge) or <= (le) TARGET. The servers of one round ran minutes apart at most, so a round's
 # ratio is less exposed to the machine's drift than a ratio of medians taken over all rounds.
 per_round() {
-  awk -v a="$1" -v b="$2" -v cmp="$3" -v target="$4" 'BEGIN {
+  awk -v a="$1" -v b="$2" -v cmp="$3" -v target="$4" "$MEETS"'
+  BEGIN {
     n = split(a, x, " "); split(b, y, " "); met = 0
     for (i = 1; i <= n; i++) {
       r = y[i] > 0 ? x[i] / y[i] : 0
       printf "%.2f ", r
-      if ((cmp == "ge" && r >= target) || (cmp == "le" && r <= target)) met++
+      if (meets(r, cmp, target)) met++
     }
     printf "(met in %d of %d)", met, n }'
 }

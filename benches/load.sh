@@ -4,6 +4,7 @@
 #
 #   bash benches/load.sh                 # 10 s per scenario, about 1 minute in all
 #   DURATION=5 bash benches/load.sh      # shorter
+#   IMGATE_BIN=target/pgo/imgate bash benches/load.sh  # that binary instead of the release build
 #
 # Prints requests/s, p50 and p99 per scenario. Everything runs on loopback; wrk, the emulator
 # and the gateway share this machine's cores, so compare rows of one run, not across machines.
@@ -20,11 +21,9 @@ if ! command -v wrk >/dev/null 2>&1; then
   echo "installing wrk…" >&2
   apt-get update -qq >/dev/null && apt-get install -y -qq wrk >/dev/null
 fi
-cargo build --release --locked -q
-BIN=target/release/imgate
-
 # shellcheck source=benches/common.sh
 . benches/common.sh
+BIN=$(imgate_bin)
 start_emulator "$BIN" "$EMU"
 
 # The gateway: the demo configuration, pointed at the quota-free emulator.
